@@ -1,0 +1,3 @@
+from asymco.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""What the CLI calls, and what Python users call: resolve a config, train, summarise."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asymco import __version__
+from asymco.config import RunConfig, apply_overrides, from_dict, to_dict
+from asymco.data.loader import ArrayLoader, normalizer_for, to_device_images
+from asymco.data.noisy import NoisyData, apply_noise
+from asymco.data.sources import load_source
+from asymco.engine.checkpoint import load_checkpoint, save_checkpoint
+from asymco.engine.device import resolve_device, rng_state, seed_everything, set_rng_state
+from asymco.engine.loop import TestSet, fit
+from asymco.engine.lr import build_lr_plan
+from asymco.engine.rundir import RunDir
+from asymco.errors import UserError
+from asymco.methods import create_method
+from asymco.models import create_model
+from asymco.presets import get_preset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    summary: dict
+    history: list[dict]
+
+
+def resolve_config(preset: str, overrides: list[str] = (), *,
+                   data_dir: str | None = None) -> RunConfig:
+    """A preset with `--data-dir` and `section.key=value` overrides applied and checked."""
+    cfg = get_preset(preset)
+    if data_dir is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_dir))
+    try:
+        return apply_overrides(cfg, list(overrides))
+    except TypeError as err:  # a value of the wrong kind reached a dataclass
+        raise UserError(f"invalid setting: {err}") from None
+
+
+def default_out_dir(cfg: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.preset}-{cfg.method.name}-s{cfg.train.seed}-{stamp}"
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    """The resolved configuration stored in a run directory."""
+    return from_dict(RunDir(Path(run_dir)).read_config())
+
+
+def _lr_plans(cfg: RunConfig) -> dict[str, list[float]]:
+    o, t = cfg.optim, cfg.train
+    main = build_lr_plan(o.lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs,
+                         warmup_lr=o.warmup_lr, decay=o.lr_decay)
+    if o.ntm_lr_mode == "same_as_rtm":  # official main.py: both plans come from --lr
+        ntm = main
+    elif o.ntm_lr_mode == "separate_cosine":
+        ntm = build_lr_plan(o.ntm_lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs,
+                            warmup_lr=o.ntm_lr, decay=o.lr_decay)
+    else:  # main_web.py: lr1 with the step plan, no warmup lr
+        ntm = build_lr_plan(o.ntm_lr, epochs=t.epochs, warmup_epochs=0, warmup_lr=o.ntm_lr,
+                            decay="baseline")
+    return {"main": main, "ntm": ntm}
+
+
+def _optimizer(groups: list[dict], cfg: RunConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, betas=(0.9, 0.999), weight_decay=o.weight_decay)
+    # One optimizer with a group per net equals one SGD per net: SGD updates each parameter
+    # from its own gradient and state only.
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                           weight_decay=o.weight_decay)
+
+
+def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:
+    """Train `cfg` into a run directory (new, or continued from its checkpoint with `resume`)."""
+    wall_start = time.perf_counter()
+    run = RunDir.prepare(Path(out_dir) if out_dir else default_out_dir(cfg), resume=resume)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    if cfg.train.warmup_epochs >= cfg.train.epochs:
+        logger.warning("train.warmup_epochs (%d) >= train.epochs (%d): every epoch is warmup",
+                       cfg.train.warmup_epochs, cfg.train.epochs)
+
+    source = load_source(cfg.data.dataset, root=cfg.data.root, download=cfg.data.download,
+                         seed=cfg.data.subset_seed, test_fraction=cfg.data.digits_test_fraction)
+    data = apply_noise(source, cfg.data, cfg.noise)
+    logger.info("data: %s | %d train / %d test images, %d classes, noise %s@%g (actual %.5f)",
+                data.origin, len(data.noisy_label), len(data.test_label), data.num_classes,
+                cfg.noise.kind, cfg.noise.rate, data.noise_rate_actual)
+
+    channels = data.images.shape[-1]
+    method = create_method(
+        cfg.method.name, cfg.method, num_classes=data.num_classes,
+        observed_labels=torch.from_numpy(data.noisy_label),
+        make_model=lambda: create_model(cfg.model.name, num_classes=data.num_classes,
+                                        in_channels=channels),
+    ).to(device)
+    optimizer = _optimizer(method.param_groups(), cfg)
+    normalize = normalizer_for(data.images, cfg.data.normalize, device)
+    loader = ArrayLoader(data.images, data.noisy_label, batch_size=cfg.data.batch_size,
+                         views=cfg.data.views, normalize=normalize, device=device,
+                         seed=cfg.train.seed)
+    test = TestSet(to_device_images(data.test_images, device),
+                   torch.from_numpy(data.test_label).to(device), cfg.data.eval_batch_size,
+                   normalize)
+    config = to_dict(cfg)
+
+    history: list[dict] = []
+    if resume:
+        state = load_checkpoint(run.checkpoint, num_samples=len(data.noisy_label), config=config)
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        loader.generator.set_state(state["loader_rng"])
+        history = list(state["history"])
+        logger.info("resuming %s after epoch %d", run.path, len(history))
+    else:
+        run.write_config(config)
+        run.write_array("noisy_labels.npy", data.noisy_labels_full)
+        if data.transition is not None:
+            run.write_array("noise_transition.npy", data.transition)
+
+    def checkpoint(rows: list[dict]) -> None:
+        save_checkpoint(run.checkpoint, method=method.state_dict(),
+                        optimizer=optimizer.state_dict(), rng=rng_state(),
+                        loader_rng=loader.generator.get_state(), history=rows, config=config,
+                        num_samples=len(data.noisy_label))
+        run.write_metrics(rows)
+
+    history = fit(method, optimizer, loader, test, plans=_lr_plans(cfg),
+                  epochs=cfg.train.epochs, warmup_epochs=cfg.train.warmup_epochs,
+                  is_clean=torch.from_numpy(data.is_clean), history=history,
+                  on_epoch_end=checkpoint, progress=cfg.train.progress)
+    summary = summarize(cfg, history, data, device=device,
+                        wall_seconds=time.perf_counter() - wall_start)
+    run.write_summary(summary)
+    return RunResult(run.path, summary, history)
+
+
+def summarize(cfg: RunConfig, history: list[dict], data: NoisyData, *, device: torch.device,
+              wall_seconds: float) -> dict:
+    """The final figures of a run; last-10 statistics as the paper reports them (ddof = 0)."""
+    accs = np.array([row["test_acc"] for row in history])
+    last10 = accs[-10:]
+    best = int(accs.argmax())
+    final = history[-1]
+    return {
+        "preset": cfg.preset,
+        "method": cfg.method.name,
+        "epochs": len(history),
+        "test_acc_last10_mean": round(float(last10.mean()), 4),
+        "test_acc_last10_std": round(float(last10.std()), 4),
+        "test_acc_best": float(accs[best]),
+        "best_epoch": best,
+        "test_acc_final": float(accs[-1]),
+        "test_acc_ntm_final": final.get("test_acc_ntm"),
+        "paper_test_acc": cfg.paper_test_acc,
+        "sel_precision_final": final.get("sel_precision"),
+        "sel_recall_final": final.get("sel_recall"),
+        "noise_rate_actual": round(data.noise_rate_actual, 6),
+        "num_train": int(len(data.noisy_label)),
+        "num_test": int(len(data.test_label)),
+        "num_classes": data.num_classes,
+        "data_origin": data.origin,
+        "wall_seconds": round(wall_seconds, 2),
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "versions": {"asymco": __version__, "python": platform.python_version(),
+                     "torch": torch.__version__, "numpy": np.__version__,
+                     "torchvision": _torchvision_version()},
+    }
+
+
+def _torchvision_version() -> str:
+    import torchvision
+
+    return torchvision.__version__

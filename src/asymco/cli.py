@@ -1,0 +1,92 @@
+"""`asymco` command line: a thin shell over `asymco.api`.
+
+Bad input of any kind ends with one sentence on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from asymco.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one sentence, status 2
+        raise UserError(message)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from asymco import api
+
+    if args.resume:
+        if args.out is None:
+            raise UserError("--resume needs --out pointing at the run directory to continue")
+        cfg = api.load_run_config(Path(args.out))
+        if args.preset or args.set or args.data_dir:
+            raise UserError("--resume continues the run with its saved configuration; "
+                            "drop --preset, --set and --data-dir")
+    else:
+        if not args.preset:
+            raise UserError("--preset is required (see `asymco presets`)")
+        cfg = api.resolve_config(args.preset, args.set, data_dir=args.data_dir)
+    if args.device:
+        from dataclasses import replace
+
+        cfg = replace(cfg, train=replace(cfg.train, device=args.device))
+        if args.resume:
+            raise UserError("--device cannot change on --resume; it is part of the saved run")
+    result = api.train(cfg, out_dir=args.out, resume=args.resume)
+    s = result.summary
+    paper = f" (paper: {s['paper_test_acc']:.2f})" if s["paper_test_acc"] is not None else ""
+    print(f"{s['preset']} / {s['method']}: last-10 test accuracy "
+          f"{s['test_acc_last10_mean']:.2f} ± {s['test_acc_last10_std']:.2f}{paper}, "
+          f"best {s['test_acc_best']:.2f} at epoch {s['best_epoch']}, "
+          f"{s['wall_seconds']:.0f}s -> {result.run_dir}")
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from asymco.presets import get_preset, list_presets
+
+    for name in list_presets():
+        cfg = get_preset(name)
+        paper = f"paper {cfg.paper_test_acc:.2f}" if cfg.paper_test_acc is not None else ""
+        print(f"{name:<18} {cfg.description}  {paper}".rstrip())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="asymco", description="Learning with noisy labels by Asymmetric "
+                     "Co-Training (ACT).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    train = sub.add_parser("train", help="train a preset into a run directory")
+    train.add_argument("--preset", help="a name from `asymco presets`")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting, e.g. train.epochs=10 (repeatable)")
+    train.add_argument("--data-dir", help="where the data is (an .npz, a folder, or the "
+                       "download cache)")
+    train.add_argument("--out", help="run directory (default: runs/<preset>-<method>-s<seed>-<time>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    train.set_defaults(func=_train)
+    presets = sub.add_parser("presets", help="list the presets, one line each")
+    presets.set_defaults(func=_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UserError as err:
+        print(f"asymco: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("asymco: interrupted; continue with --resume --out <run directory>", file=sys.stderr)
+        return 130

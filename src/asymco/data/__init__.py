@@ -1,0 +1,1 @@
+"""Data sources, label-noise models and the in-memory loader."""

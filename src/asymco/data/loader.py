@@ -1,0 +1,79 @@
+"""The in-memory loader: the whole uint8 image array lives on the training device, and each
+step gathers its batch by index and builds the views there.
+
+Each epoch visits every sample exactly once in a seeded random order (shuffle, no dropped last
+batch, as the official loader), so per-sample state is updated once per sample per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from asymco.augment import IMAGENET_MEAN, IMAGENET_STD, VIEWS, Normalizer
+
+
+class Batch(NamedTuple):
+    """What a method's `training_step` receives. There are no true labels here."""
+
+    index: Tensor
+    """(B,) int64 positions in the training set: the key of all per-sample state."""
+    weak: Tensor
+    """(B, C, H, W) float32 weakly augmented, normalised view."""
+    strong: Tensor | None
+    """(B, C, H, W) strongly augmented view, or None when the method does not need it."""
+    label: Tensor
+    """(B,) int64 observed (possibly noisy) labels."""
+
+
+def to_device_images(images: np.ndarray, device: torch.device) -> Tensor:
+    """(N, H, W, C) uint8 numpy -> (N, C, H, W) uint8 tensor on `device`."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def normalizer_for(images: np.ndarray, mode: str, device: torch.device) -> Normalizer:
+    """ImageNet statistics (the official CIFAR choice) or the training images' own statistics."""
+    if mode == "imagenet" and images.shape[-1] == 3:
+        return Normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
+    flat = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    return Normalizer(tuple(flat.mean(0)), tuple(flat.std(0) + 1e-8), device)
+
+
+class ArrayLoader:
+    """Yields `Batch`es of a whole in-memory training set, one pass per call of `epoch`."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, views: str,
+                 normalize: Normalizer, device: torch.device, seed: int) -> None:
+        self.images = to_device_images(images, device)
+        self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
+        self.batch_size = batch_size
+        self.weak_fn, self.strong_fn = VIEWS[views]
+        self.normalize = normalize
+        self.device = device
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def epoch(self, *, strong: bool) -> Iterator[Batch]:
+        order = torch.randperm(self.num_samples, generator=self.generator).to(self.device)
+        for start in range(0, self.num_samples, self.batch_size):
+            index = order[start : start + self.batch_size]
+            raw = self.images[index]
+            weak = self.normalize(self.weak_fn(raw, self.generator))
+            strong_view = self.normalize(self.strong_fn(raw, self.generator)) if strong else None
+            yield Batch(index, weak, strong_view, self.labels[index])
+
+
+def test_batches(images: Tensor, labels: Tensor, batch_size: int,
+                 normalize: Normalizer) -> Iterator[tuple[Tensor, Tensor]]:
+    for start in range(0, len(labels), batch_size):
+        yield normalize(images[start : start + batch_size]), labels[start : start + batch_size]

@@ -1,0 +1,76 @@
+"""A source with its noisy labels applied: what the engine trains and evaluates on.
+
+Order matters for reproducing the protocol: the noise is drawn on the **full** training set in
+file order, then (optionally) a seeded subset is taken, then the test set is filtered to the
+known classes. True labels stay here; methods only ever see `noisy_label`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from asymco.config import DataConfig, NoiseConfig
+from asymco.data.noise import known_classes, make_noisy_labels
+from asymco.data.sources import Source
+from asymco.errors import UserError
+
+
+@dataclass(frozen=True)
+class NoisyData:
+    images: np.ndarray
+    """(N, H, W, C) uint8 training images (the subset, if one was asked for)."""
+    noisy_label: np.ndarray
+    """(N,) int64 observed labels, the only labels a method sees."""
+    is_clean: np.ndarray
+    """(N,) bool: observed label equals the true label (open-set samples are never clean)."""
+    source_index: np.ndarray
+    """(N,) int64 position of each training sample in the full training set."""
+    test_images: np.ndarray
+    test_label: np.ndarray
+    num_classes: int
+    """K: the number of outputs (known classes)."""
+    classes: list[str]
+    noisy_labels_full: np.ndarray
+    """(N_full,) int64 noisy labels of the whole training set in file order."""
+    transition: np.ndarray | None
+    noise_rate_actual: float
+    """Share of the full training set whose observed label differs from the true one."""
+    origin: str
+
+
+def apply_noise(source: Source, data: DataConfig, noise: NoiseConfig) -> NoisyData:
+    num_total = len(source.classes)
+    k = known_classes(num_total, noise.openset_ratio)
+    if noise.kind != "none" and noise.rate == 0.0:
+        raise UserError(f"noise.rate must be above 0 for {noise.kind} noise (or set noise.kind=none)")
+    noisy_full, matrix = make_noisy_labels(
+        source.y_train, kind=noise.kind, rate=noise.rate, num_classes=num_total,
+        openset_ratio=noise.openset_ratio, seed=noise.seed,
+    )
+    rng = np.random.RandomState(data.subset_seed)
+    n_full = len(noisy_full)
+    if data.subset is not None and data.subset < n_full:
+        index = np.sort(rng.choice(n_full, size=data.subset, replace=False))
+    else:
+        index = np.arange(n_full)
+    known_test = np.flatnonzero(source.y_test < k)
+    if data.test_subset is not None and data.test_subset < len(known_test):
+        known_test = np.sort(rng.choice(known_test, size=data.test_subset, replace=False))
+    if len(index) == 0 or len(known_test) == 0:
+        raise UserError("the dataset is empty after filtering; check data.subset and data.test_subset")
+    return NoisyData(
+        images=source.x_train[index],
+        noisy_label=noisy_full[index],
+        is_clean=noisy_full[index] == source.y_train[index],
+        source_index=index.astype(np.int64),
+        test_images=source.x_test[known_test],
+        test_label=source.y_test[known_test],
+        num_classes=k,
+        classes=list(source.classes[:k]),
+        noisy_labels_full=noisy_full,
+        transition=matrix,
+        noise_rate_actual=float(np.mean(noisy_full != source.y_train)),
+        origin=source.origin,
+    )

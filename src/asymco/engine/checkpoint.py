@@ -1,0 +1,53 @@
+"""Checkpoints: one dict, written atomically, loaded with `weights_only=True` and checked."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asymco.engine.files import torch_bytes, write_atomic
+from asymco.errors import UserError
+
+FORMAT = 1
+
+
+def save_checkpoint(path: Path, **state: Any) -> None:
+    write_atomic(path, torch_bytes({"format": FORMAT, **state}))
+
+
+def load_checkpoint(path: Path, *, num_samples: int, config: dict) -> dict:
+    """Load a checkpoint safely and refuse one that does not belong to this run."""
+    if not path.is_file():
+        raise UserError(f"there is no checkpoint to resume from at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({reason})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path} is not an asymco checkpoint of format {FORMAT}")
+    if state.get("num_samples") != num_samples:
+        raise UserError(
+            f"checkpoint {path} was written for {state.get('num_samples')} training samples, "
+            f"this run has {num_samples}"
+        )
+    if state.get("config") != config:
+        diff = _differences(state.get("config") or {}, config)
+        raise UserError(f"checkpoint {path} was written with another configuration "
+                        f"({'; '.join(diff[:5])})")
+    return state
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} in the checkpoint, {b!r} now")
+    return out

@@ -1,0 +1,149 @@
+"""ACT: Asymmetric Co-Training (Sheng et al., "Enhancing Robustness in Learning with Noisy
+Labels: An Asymmetric Co-Training Approach", ACM MM 2024). Spec: act-spec.md section A.
+
+Two nets of the same architecture, trained asymmetrically:
+- the **RTM** (robust training model, reported) learns from a selected, re-weighted subset plus a
+  consistency term on a strong view;
+- the **NTM** (normal training model) learns from every label with plain cross-entropy and only
+  serves as the reference that selection compares the RTM against.
+
+Warmup epochs train both nets on everything (the RTM with a confidence penalty). Robust epochs
+select by agreement (ASS), mine samples only the NTM fits while the memorization gate is open
+(ASM), weight each selected sample by the share of epochs it has been selected in (DSRW), and
+add a consistency loss on the strong view towards EMA pseudo-labels (CR).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from asymco.config import MethodConfig
+from asymco.data.loader import Batch
+from asymco.methods.base import Method
+from asymco.methods.selection import (
+    confidence_penalty,
+    historical_weights,
+    memorization_gap,
+    mining_open,
+    pseudo_labels,
+    select,
+)
+
+
+class ACT(Method):
+    reported_net = "rtm"
+
+    def __init__(self, cfg: MethodConfig, *, num_classes: int, observed_labels: Tensor,
+                 make_model: Callable[[], nn.Module]) -> None:
+        super().__init__(num_classes=num_classes, observed_labels=observed_labels,
+                         make_model=make_model)
+        self.cfg = cfg
+        self.add_net("rtm", make_model())  # two independent initialisations
+        self.add_net("ntm", make_model())
+        n = self.num_samples
+        labels = observed_labels.long()
+        # Per-sample state (act-spec A.0). select_count is the DSRW memory bank c_i.
+        self.register_buffer("select_count", torch.zeros(n, dtype=torch.int32))
+        self.register_buffer("ema_probs", F.one_hot(labels, num_classes).float())  # q_i
+        self.register_buffer("is_selected", torch.zeros(n, dtype=torch.bool))
+        self.register_buffer("is_mined", torch.zeros(n, dtype=torch.bool))
+        # Memorization-gate state: the latch, and this/last epoch's hit counts (per_epoch gate).
+        self.register_buffer("gate_closed", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("epoch_hits", torch.zeros(3))  # rtm hits, ntm hits, samples
+        self.register_buffer("last_epoch_hits", torch.zeros(3))
+
+    def param_groups(self) -> list[dict]:
+        return [
+            {"params": list(self.nets["rtm"].parameters()), "net": "rtm", "plan": "main"},
+            {"params": list(self.nets["ntm"].parameters()), "net": "ntm", "plan": "ntm"},
+        ]
+
+    def eval_nets(self) -> dict[str, nn.Module]:
+        return {"rtm": self.nets["rtm"], "ntm": self.nets["ntm"]}
+
+    def on_epoch_start(self, epoch: int, *, warmup: bool) -> None:
+        super().on_epoch_start(epoch, warmup=warmup)
+        self.last_epoch_hits.copy_(self.epoch_hits)
+        self.epoch_hits.zero_()
+        self.is_selected.zero_()
+        self.is_mined.zero_()
+
+    def needs_strong_view(self) -> bool:
+        return not self.warmup and self.cfg.use_cr
+
+    def selected(self) -> Tensor:
+        return self.is_selected
+
+    def _ce(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(logits, target, reduction="none",
+                               label_smoothing=self.cfg.label_smoothing)
+
+    def _mining_gate(self, gap: Tensor, acc_rtm: Tensor) -> Tensor:
+        tau, mode = self.cfg.tau, self.cfg.mining_gate
+        if mode == "per_epoch":  # decided from the previous epoch's whole-epoch accuracies
+            rtm, ntm, _ = self.last_epoch_hits
+            return mining_open((ntm - rtm) / rtm.clamp_min(1e-12), rtm, tau)
+        is_open = mining_open(gap, acc_rtm, tau)
+        if mode == "latched":  # the paper's "stopping point": once closed, closed for good
+            self.gate_closed |= ~is_open
+            return ~self.gate_closed
+        return is_open  # per_batch: the official code re-decides on every batch
+
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
+        index, label = batch.index, batch.label
+        z_rtm = self.fwd["rtm"](batch.weak)  # (B, K), train mode, same weak tensor for both
+        z_ntm = self.fwd["ntm"](batch.weak)
+        rtm_hits = z_rtm.argmax(1) == label
+        ntm_hits = z_ntm.argmax(1) == label
+        self.epoch_hits += torch.stack([rtm_hits.sum(), ntm_hits.sum(),
+                                        torch.tensor(len(label), device=label.device)]).float()
+        loss_ntm = self._ce(z_ntm, label).mean()
+        if self.warmup:
+            return self._warmup_step(index, label, z_rtm, loss_ntm, rtm_hits, ntm_hits)
+        return self._robust_step(batch, z_rtm, loss_ntm, rtm_hits, ntm_hits)
+
+    def _warmup_step(self, index: Tensor, label: Tensor, z_rtm: Tensor, loss_ntm: Tensor,
+                     rtm_hits: Tensor, ntm_hits: Tensor) -> dict[str, Tensor]:
+        penalty = confidence_penalty(z_rtm, clamp_logits=self.cfg.conf_penalty_clamp_logits)
+        loss_rtm = self._ce(z_rtm, label).mean() + self.cfg.conf_penalty_weight * penalty
+        self.select_count[index] += 1  # warmup counts as "selected" for every sample
+        self.is_selected[index] = True
+        return {"loss": loss_rtm + loss_ntm, "loss_rtm": loss_rtm.detach(),
+                "loss_ntm": loss_ntm.detach(), "train_acc_rtm": rtm_hits.float().mean() * 100,
+                "train_acc_ntm": ntm_hits.float().mean() * 100}
+
+    def _robust_step(self, batch: Batch, z_rtm: Tensor, loss_ntm: Tensor, rtm_hits: Tensor,
+                     ntm_hits: Tensor) -> dict[str, Tensor]:
+        cfg, index, label = self.cfg, batch.index, batch.label
+        gap, acc_rtm = memorization_gap(rtm_hits, ntm_hits)
+        mining = self._mining_gate(gap, acc_rtm)
+        chosen, mined = select(rtm_hits, ntm_hits, mining, variant=cfg.selection_variant,
+                               use_ass=cfg.use_ass, use_asm=cfg.use_asm)
+        # The memory bank counts the current selection before the weights are read (A.3.4).
+        self.select_count[index] += chosen.int()  # indices are unique within a batch
+        self.is_selected[index] = chosen
+        self.is_mined[index] = mined
+        weight = (historical_weights(self.select_count[index], self.epoch) if cfg.use_dsrw
+                  else torch.ones_like(label, dtype=torch.float))
+        n_chosen = chosen.sum()
+        # Mean over the selected samples; an empty selection gives an exact zero that still
+        # touches every RTM parameter (the official code would produce NaN here).
+        loss_sel = (weight * self._ce(z_rtm, label) * chosen).sum() / n_chosen.clamp_min(1)
+        # EMA label distribution of every batch sample, selected or not (A.3.7).
+        probs = torch.softmax(z_rtm.detach().float(), dim=1)
+        ema = cfg.ema_momentum * self.ema_probs[index] + (1 - cfg.ema_momentum) * probs
+        self.ema_probs[index] = ema
+        loss_rtm = loss_sel
+        if cfg.use_cr:
+            target = pseudo_labels(chosen, label, ema)
+            loss_cr = self._ce(self.fwd["rtm"](batch.strong), target).mean()  # separate forward
+            loss_rtm = (1 - cfg.cr_weight) * loss_sel + cfg.cr_weight * loss_cr
+        return {"loss": loss_rtm + loss_ntm, "loss_rtm": loss_rtm.detach(),
+                "loss_ntm": loss_ntm.detach(), "train_acc_rtm": acc_rtm,
+                "train_acc_ntm": ntm_hits.float().mean() * 100, "memorization_gap": gap,
+                "mining_on": mining.float(), "selected_share": n_chosen.float() / len(label),
+                "empty_selection": (n_chosen == 0).float()}

@@ -1,0 +1,78 @@
+"""The engine <-> method seam.
+
+A method owns its networks, losses, per-sample state and selection; the engine owns devices,
+the optimizer and LR plans, backward/step, evaluation, checkpoints and logging. Per-sample state
+lives in module buffers, so `state_dict()` checkpoints it with the nets and `.to(device)` moves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from asymco.data.loader import Batch
+
+
+class Method(nn.Module):
+    """Base class. Subclasses fill `self.nets` and implement `training_step`."""
+
+    reported_net: str = "net"
+    """The key of the net whose test accuracy is *the* result of a run."""
+
+    def __init__(self, *, num_classes: int, observed_labels: Tensor,
+                 make_model: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_samples = len(observed_labels)
+        self.nets = nn.ModuleDict()
+        # The callables training_step uses; the engine may swap in wrapped nets (DDP, compile)
+        # without the wrappers leaking into state_dict() keys.
+        self.fwd: dict[str, Callable[[Tensor], Tensor]] = {}
+        self.epoch = 0
+        self.warmup = False
+
+    def add_net(self, name: str, net: nn.Module) -> None:
+        self.nets[name] = net
+        self.fwd[name] = net
+
+    def param_groups(self) -> list[dict]:
+        """One optimizer group per net; `plan` names the LR plan ("main" or "ntm") it follows."""
+        return [{"params": list(net.parameters()), "net": name, "plan": "main"}
+                for name, net in self.nets.items()]
+
+    def on_epoch_start(self, epoch: int, *, warmup: bool) -> None:
+        self.epoch = epoch
+        self.warmup = warmup
+
+    def needs_strong_view(self) -> bool:
+        return False
+
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
+        """Return a dict with the scalar "loss" to backpropagate and other figures to log.
+
+        Values must stay device tensors (no `.item()`), so an epoch runs without host syncs.
+        """
+        raise NotImplementedError
+
+    def on_epoch_end(self) -> dict[str, float]:
+        return {}
+
+    def eval_nets(self) -> dict[str, nn.Module]:
+        """Nets to evaluate on the test set, the reported one first."""
+        return {self.reported_net: self.nets[self.reported_net]}
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        return self.nets[self.reported_net](x)
+
+    def selected(self) -> Tensor | None:
+        """(N,) bool: the samples this epoch treated as clean, or None if it does not select."""
+        return None
+
+
+def zero_touch(logits: Tensor) -> Tensor:
+    """A zero loss that still depends on `logits`, so every parameter receives a (zero)
+    gradient: an empty selection must not leave parameters unused (DDP requires all of them)."""
+    return logits.sum() * 0.0

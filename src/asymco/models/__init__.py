@@ -1,0 +1,23 @@
+"""Model registry: `create_model(name, num_classes=...)`, `list_models()`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from asymco.models.cnn import CNN7, DigitsCNN
+from asymco.registry import Registry
+
+MODELS = Registry("model")
+MODELS.register("cnn7")(CNN7)
+MODELS.register("digits_cnn")(DigitsCNN)
+
+
+def create_model(name: str, *, num_classes: int, in_channels: int = 3) -> nn.Module:
+    return MODELS.create(name, num_classes=num_classes, in_channels=in_channels)
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+__all__ = ["CNN7", "MODELS", "DigitsCNN", "create_model", "list_models"]
