@@ -24,8 +24,8 @@ from asymco.engine.loop import TestSet, fit
 from asymco.engine.lr import build_lr_plan
 from asymco.engine.rundir import RunDir
 from asymco.errors import UserError
-from asymco.methods import create_method
-from asymco.models import create_model
+from asymco.methods import METHODS, create_method
+from asymco.models import MODELS, create_model
 from asymco.presets import get_preset
 
 logger = logging.getLogger(__name__)
@@ -45,9 +45,23 @@ def resolve_config(preset: str, overrides: list[str] = (), *,
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_dir))
     try:
-        return apply_overrides(cfg, list(overrides))
+        cfg = apply_overrides(cfg, list(overrides))
     except TypeError as err:  # a value of the wrong kind reached a dataclass
         raise UserError(f"invalid setting: {err}") from None
+    check_names(cfg)
+    return cfg
+
+
+def check_names(cfg: RunConfig) -> None:
+    """Fail on an unknown method or model, or a model that cannot read the dataset's images,
+    before any data is loaded."""
+    METHODS.get(cfg.method.name)
+    MODELS.get(cfg.model.name)
+    image_nets = {"cnn7": ("cifar10", "cifar100"), "digits_cnn": ("digits",)}
+    allowed = image_nets.get(cfg.model.name)
+    if allowed and cfg.data.dataset not in allowed:
+        raise UserError(f"model.name={cfg.model.name} does not fit data.dataset="
+                        f"{cfg.data.dataset}; use it with {' or '.join(allowed)}")
 
 
 def default_out_dir(cfg: RunConfig) -> Path:
@@ -88,6 +102,7 @@ def _optimizer(groups: list[dict], cfg: RunConfig) -> torch.optim.Optimizer:
 def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:
     """Train `cfg` into a run directory (new, or continued from its checkpoint with `resume`)."""
     wall_start = time.perf_counter()
+    check_names(cfg)
     run = RunDir.prepare(Path(out_dir) if out_dir else default_out_dir(cfg), resume=resume)
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:

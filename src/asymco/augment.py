@@ -82,8 +82,8 @@ class Normalizer:
     """uint8 (B, C, H, W) -> float32 normalised with per-channel mean and std (in [0, 1] units)."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0
 
     def __call__(self, x: Tensor) -> Tensor:
         return (x.float() - self.mean) / self.std

@@ -44,7 +44,7 @@ class DataConfig:
     digits_test_fraction: float = 0.2
     """Share of scikit-learn's digits held out (stratified, seeded by `subset_seed`) for testing."""
     batch_size: int = 128
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 256
     """Test-set batch size. The official code uses 16; the result does not depend on it (eval
     mode), only the speed does."""
     views: Literal["cifar", "digits"] = "cifar"

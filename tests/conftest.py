@@ -1,0 +1,35 @@
+"""Shared fixtures: where the real data lives, and whether missing data may skip."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ASYMCO_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _must_have_real_data() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true") or bool(
+        os.environ.get("ASYMCO_REQUIRE_REAL_DATA"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data with cifar100.npz; skips without it locally, fails under CI."""
+    if not (SHARED_DATA / "cifar100.npz").is_file():
+        message = f"real data not found: {SHARED_DATA / 'cifar100.npz'}"
+        if _must_have_real_data():
+            pytest.fail(message + " (CI must run the real-data tests)")
+        pytest.skip(message)
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def cifar100_labels(shared_data: Path):
+    import numpy as np
+
+    with np.load(shared_data / "cifar100.npz") as archive:
+        return archive["y_train"]
