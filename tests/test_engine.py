@@ -34,9 +34,9 @@ def assert_complete_run_dir(run: Path, epochs: int) -> tuple[list[dict], dict]:
     rows = read_metrics(run)
     assert [r["epoch"] for r in rows] == list(range(epochs))
     for row in rows:
-        assert METRIC_KEYS <= row.keys()
+        assert row.keys() >= METRIC_KEYS
     summary = json.loads((run / "summary.json").read_text())
-    assert SUMMARY_KEYS <= summary.keys()
+    assert summary.keys() >= SUMMARY_KEYS
     assert summary["epochs"] == epochs
     accs = [r["test_acc"] for r in rows]
     assert summary["test_acc_last10_mean"] == pytest.approx(np.mean(accs[-10:]), abs=1e-3)
@@ -74,7 +74,7 @@ def _short_config() -> api.RunConfig:
                                              "train.progress=false"])
 
 
-class _Crash(Exception):
+class _CrashError(Exception):
     pass
 
 
@@ -87,10 +87,10 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     def crash_after_three(self, history):
         original(self, history)
         if len(history) == 3:
-            raise _Crash
+            raise _CrashError
 
     monkeypatch.setattr(RunDir, "write_metrics", crash_after_three)
-    with pytest.raises(_Crash):
+    with pytest.raises(_CrashError):
         api.train(cfg, out_dir=tmp_path / "cut")
     monkeypatch.setattr(RunDir, "write_metrics", original)
     assert len(read_metrics(tmp_path / "cut")) == 3 and not (tmp_path / "cut/summary.json").exists()

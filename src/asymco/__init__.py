@@ -2,15 +2,26 @@
 
 __version__ = "0.1.0"
 
-from asymco.api import RunResult, load_run_config, resolve_config, train  # noqa: E402
-from asymco.data.noise import make_noisy_labels, transition_matrix  # noqa: E402
-from asymco.engine.evaluate import selection_scores  # noqa: E402
-from asymco.methods import create_method, list_methods  # noqa: E402
-from asymco.models import create_model, list_models  # noqa: E402
-from asymco.presets import get_preset, list_presets  # noqa: E402
+from asymco.api import RunResult, load_run_config, resolve_config, train
+from asymco.data.noise import make_noisy_labels, transition_matrix
+from asymco.engine.evaluate import selection_scores
+from asymco.methods import create_method, list_methods
+from asymco.models import create_model, list_models
+from asymco.presets import get_preset, list_presets
 
 __all__ = [
-    "RunResult", "__version__", "create_method", "create_model", "get_preset", "list_methods",
-    "list_models", "list_presets", "load_run_config", "make_noisy_labels", "resolve_config",
-    "selection_scores", "train", "transition_matrix",
+    "RunResult",
+    "__version__",
+    "create_method",
+    "create_model",
+    "get_preset",
+    "list_methods",
+    "list_models",
+    "list_presets",
+    "load_run_config",
+    "make_noisy_labels",
+    "resolve_config",
+    "selection_scores",
+    "train",
+    "transition_matrix",
 ]

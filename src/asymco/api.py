@@ -38,8 +38,9 @@ class RunResult:
     history: list[dict]
 
 
-def resolve_config(preset: str, overrides: list[str] = (), *,
-                   data_dir: str | None = None) -> RunConfig:
+def resolve_config(
+    preset: str, overrides: list[str] = (), *, data_dir: str | None = None
+) -> RunConfig:
     """A preset with `--data-dir` and `section.key=value` overrides applied and checked."""
     cfg = get_preset(preset)
     if data_dir is not None:
@@ -60,8 +61,10 @@ def check_names(cfg: RunConfig) -> None:
     image_nets = {"cnn7": ("cifar10", "cifar100"), "digits_cnn": ("digits",)}
     allowed = image_nets.get(cfg.model.name)
     if allowed and cfg.data.dataset not in allowed:
-        raise UserError(f"model.name={cfg.model.name} does not fit data.dataset="
-                        f"{cfg.data.dataset}; use it with {' or '.join(allowed)}")
+        raise UserError(
+            f"model.name={cfg.model.name} does not fit data.dataset="
+            f"{cfg.data.dataset}; use it with {' or '.join(allowed)}"
+        )
 
 
 def default_out_dir(cfg: RunConfig) -> Path:
@@ -76,16 +79,27 @@ def load_run_config(run_dir: Path) -> RunConfig:
 
 def _lr_plans(cfg: RunConfig) -> dict[str, list[float]]:
     o, t = cfg.optim, cfg.train
-    main = build_lr_plan(o.lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs,
-                         warmup_lr=o.warmup_lr, decay=o.lr_decay)
+    main = build_lr_plan(
+        o.lr,
+        epochs=t.epochs,
+        warmup_epochs=t.warmup_epochs,
+        warmup_lr=o.warmup_lr,
+        decay=o.lr_decay,
+    )
     if o.ntm_lr_mode == "same_as_rtm":  # official main.py: both plans come from --lr
         ntm = main
     elif o.ntm_lr_mode == "separate_cosine":
-        ntm = build_lr_plan(o.ntm_lr, epochs=t.epochs, warmup_epochs=t.warmup_epochs,
-                            warmup_lr=o.ntm_lr, decay=o.lr_decay)
+        ntm = build_lr_plan(
+            o.ntm_lr,
+            epochs=t.epochs,
+            warmup_epochs=t.warmup_epochs,
+            warmup_lr=o.ntm_lr,
+            decay=o.lr_decay,
+        )
     else:  # main_web.py: lr1 with the step plan, no warmup lr
-        ntm = build_lr_plan(o.ntm_lr, epochs=t.epochs, warmup_epochs=0, warmup_lr=o.ntm_lr,
-                            decay="baseline")
+        ntm = build_lr_plan(
+            o.ntm_lr, epochs=t.epochs, warmup_epochs=0, warmup_lr=o.ntm_lr, decay="baseline"
+        )
     return {"main": main, "ntm": ntm}
 
 
@@ -95,8 +109,9 @@ def _optimizer(groups: list[dict], cfg: RunConfig) -> torch.optim.Optimizer:
         return torch.optim.Adam(groups, lr=o.lr, betas=(0.9, 0.999), weight_decay=o.weight_decay)
     # One optimizer with a group per net equals one SGD per net: SGD updates each parameter
     # from its own gradient and state only.
-    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                           weight_decay=o.weight_decay)
+    return torch.optim.SGD(
+        groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+    )
 
 
 def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:
@@ -109,31 +124,58 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     if cfg.train.warmup_epochs >= cfg.train.epochs:
-        logger.warning("train.warmup_epochs (%d) >= train.epochs (%d): every epoch is warmup",
-                       cfg.train.warmup_epochs, cfg.train.epochs)
+        logger.warning(
+            "train.warmup_epochs (%d) >= train.epochs (%d): every epoch is warmup",
+            cfg.train.warmup_epochs,
+            cfg.train.epochs,
+        )
 
-    source = load_source(cfg.data.dataset, root=cfg.data.root, download=cfg.data.download,
-                         seed=cfg.data.subset_seed, test_fraction=cfg.data.digits_test_fraction)
+    source = load_source(
+        cfg.data.dataset,
+        root=cfg.data.root,
+        download=cfg.data.download,
+        seed=cfg.data.subset_seed,
+        test_fraction=cfg.data.digits_test_fraction,
+    )
     data = apply_noise(source, cfg.data, cfg.noise)
-    logger.info("data: %s | %d train / %d test images, %d classes, noise %s@%g (actual %.5f)",
-                data.origin, len(data.noisy_label), len(data.test_label), data.num_classes,
-                cfg.noise.kind, cfg.noise.rate, data.noise_rate_actual)
+    logger.info(
+        "data: %s | %d train / %d test images, %d classes, noise %s@%g (actual %.5f)",
+        data.origin,
+        len(data.noisy_label),
+        len(data.test_label),
+        data.num_classes,
+        cfg.noise.kind,
+        cfg.noise.rate,
+        data.noise_rate_actual,
+    )
 
     channels = data.images.shape[-1]
     method = create_method(
-        cfg.method.name, cfg.method, num_classes=data.num_classes,
+        cfg.method.name,
+        cfg.method,
+        num_classes=data.num_classes,
         observed_labels=torch.from_numpy(data.noisy_label),
-        make_model=lambda: create_model(cfg.model.name, num_classes=data.num_classes,
-                                        in_channels=channels),
+        make_model=lambda: create_model(
+            cfg.model.name, num_classes=data.num_classes, in_channels=channels
+        ),
     ).to(device)
     optimizer = _optimizer(method.param_groups(), cfg)
     normalize = normalizer_for(data.images, cfg.data.normalize, device)
-    loader = ArrayLoader(data.images, data.noisy_label, batch_size=cfg.data.batch_size,
-                         views=cfg.data.views, normalize=normalize, device=device,
-                         seed=cfg.train.seed)
-    test = TestSet(to_device_images(data.test_images, device),
-                   torch.from_numpy(data.test_label).to(device), cfg.data.eval_batch_size,
-                   normalize)
+    loader = ArrayLoader(
+        data.images,
+        data.noisy_label,
+        batch_size=cfg.data.batch_size,
+        views=cfg.data.views,
+        normalize=normalize,
+        device=device,
+        seed=cfg.train.seed,
+    )
+    test = TestSet(
+        to_device_images(data.test_images, device),
+        torch.from_numpy(data.test_label).to(device),
+        cfg.data.eval_batch_size,
+        normalize,
+    )
     config = to_dict(cfg)
 
     history: list[dict] = []
@@ -152,24 +194,46 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
             run.write_array("noise_transition.npy", data.transition)
 
     def checkpoint(rows: list[dict]) -> None:
-        save_checkpoint(run.checkpoint, method=method.state_dict(),
-                        optimizer=optimizer.state_dict(), rng=rng_state(),
-                        loader_rng=loader.generator.get_state(), history=rows, config=config,
-                        num_samples=len(data.noisy_label))
+        save_checkpoint(
+            run.checkpoint,
+            method=method.state_dict(),
+            optimizer=optimizer.state_dict(),
+            rng=rng_state(),
+            loader_rng=loader.generator.get_state(),
+            history=rows,
+            config=config,
+            num_samples=len(data.noisy_label),
+        )
         run.write_metrics(rows)
 
-    history = fit(method, optimizer, loader, test, plans=_lr_plans(cfg),
-                  epochs=cfg.train.epochs, warmup_epochs=cfg.train.warmup_epochs,
-                  is_clean=torch.from_numpy(data.is_clean), history=history,
-                  on_epoch_end=checkpoint, progress=cfg.train.progress)
-    summary = summarize(cfg, history, data, device=device,
-                        wall_seconds=time.perf_counter() - wall_start)
+    history = fit(
+        method,
+        optimizer,
+        loader,
+        test,
+        plans=_lr_plans(cfg),
+        epochs=cfg.train.epochs,
+        warmup_epochs=cfg.train.warmup_epochs,
+        is_clean=torch.from_numpy(data.is_clean),
+        history=history,
+        on_epoch_end=checkpoint,
+        progress=cfg.train.progress,
+    )
+    summary = summarize(
+        cfg, history, data, device=device, wall_seconds=time.perf_counter() - wall_start
+    )
     run.write_summary(summary)
     return RunResult(run.path, summary, history)
 
 
-def summarize(cfg: RunConfig, history: list[dict], data: NoisyData, *, device: torch.device,
-              wall_seconds: float) -> dict:
+def summarize(
+    cfg: RunConfig,
+    history: list[dict],
+    data: NoisyData,
+    *,
+    device: torch.device,
+    wall_seconds: float,
+) -> dict:
     """The final figures of a run; last-10 statistics as the paper reports them (ddof = 0)."""
     accs = np.array([row["test_acc"] for row in history])
     last10 = accs[-10:]
@@ -189,15 +253,19 @@ def summarize(cfg: RunConfig, history: list[dict], data: NoisyData, *, device: t
         "sel_precision_final": final.get("sel_precision"),
         "sel_recall_final": final.get("sel_recall"),
         "noise_rate_actual": round(data.noise_rate_actual, 6),
-        "num_train": int(len(data.noisy_label)),
-        "num_test": int(len(data.test_label)),
+        "num_train": len(data.noisy_label),
+        "num_test": len(data.test_label),
         "num_classes": data.num_classes,
         "data_origin": data.origin,
         "wall_seconds": round(wall_seconds, 2),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "versions": {"asymco": __version__, "python": platform.python_version(),
-                     "torch": torch.__version__, "numpy": np.__version__,
-                     "torchvision": _torchvision_version()},
+        "versions": {
+            "asymco": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "torchvision": _torchvision_version(),
+        },
     }
 
 

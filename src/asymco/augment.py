@@ -43,7 +43,9 @@ def random_cutout(x: Tensor, size: int, gen: torch.Generator) -> Tensor:
     cx = torch.randint(0, w, (b,), generator=gen).to(x.device)
     ys = torch.arange(h, device=x.device)[None, :, None]
     xs = torch.arange(w, device=x.device)[None, None, :]
-    inside = ((ys - cy[:, None, None]).abs() <= size // 2) & ((xs - cx[:, None, None]).abs() <= size // 2)
+    inside = ((ys - cy[:, None, None]).abs() <= size // 2) & (
+        (xs - cx[:, None, None]).abs() <= size // 2
+    )
     return x.masked_fill(inside[:, None], 0)
 
 

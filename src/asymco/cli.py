@@ -28,8 +28,10 @@ def _train(args: argparse.Namespace) -> int:
             raise UserError("--resume needs --out pointing at the run directory to continue")
         cfg = api.load_run_config(Path(args.out))
         if args.preset or args.set or args.data_dir:
-            raise UserError("--resume continues the run with its saved configuration; "
-                            "drop --preset, --set and --data-dir")
+            raise UserError(
+                "--resume continues the run with its saved configuration; "
+                "drop --preset, --set and --data-dir"
+            )
     else:
         if not args.preset:
             raise UserError("--preset is required (see `asymco presets`)")
@@ -43,10 +45,12 @@ def _train(args: argparse.Namespace) -> int:
     result = api.train(cfg, out_dir=args.out, resume=args.resume)
     s = result.summary
     paper = f" (paper: {s['paper_test_acc']:.2f})" if s["paper_test_acc"] is not None else ""
-    print(f"{s['preset']} / {s['method']}: last-10 test accuracy "
-          f"{s['test_acc_last10_mean']:.2f} ± {s['test_acc_last10_std']:.2f}{paper}, "
-          f"best {s['test_acc_best']:.2f} at epoch {s['best_epoch']}, "
-          f"{s['wall_seconds']:.0f}s -> {result.run_dir}")
+    print(
+        f"{s['preset']} / {s['method']}: last-10 test accuracy "
+        f"{s['test_acc_last10_mean']:.2f} ± {s['test_acc_last10_std']:.2f}{paper}, "
+        f"best {s['test_acc_best']:.2f} at epoch {s['best_epoch']}, "
+        f"{s['wall_seconds']:.0f}s -> {result.run_dir}"
+    )
     return 0
 
 
@@ -61,16 +65,25 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="asymco", description="Learning with noisy labels by Asymmetric "
-                     "Co-Training (ACT).")
+    parser = _Parser(
+        prog="asymco", description="Learning with noisy labels by Asymmetric Co-Training (ACT)."
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = sub.add_parser("train", help="train a preset into a run directory")
     train.add_argument("--preset", help="a name from `asymco presets`")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a setting, e.g. train.epochs=10 (repeatable)")
-    train.add_argument("--data-dir", help="where the data is (an .npz, a folder, or the "
-                       "download cache)")
-    train.add_argument("--out", help="run directory (default: runs/<preset>-<method>-s<seed>-<time>)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. train.epochs=10 (repeatable)",
+    )
+    train.add_argument(
+        "--data-dir", help="where the data is (an .npz, a folder, or the download cache)"
+    )
+    train.add_argument(
+        "--out", help="run directory (default: runs/<preset>-<method>-s<seed>-<time>)"
+    )
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     train.set_defaults(func=_train)

@@ -272,5 +272,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
                 f"unknown setting {key!r}; {section_name} has: {', '.join(sorted(hints))}"
             )
         value = _parse_scalar(text.strip(), hints[name], key)
-        cfg = dataclasses.replace(cfg, **{section_name: dataclasses.replace(section, **{name: value})})
+        cfg = dataclasses.replace(
+            cfg, **{section_name: dataclasses.replace(section, **{name: value})}
+        )
     return cfg

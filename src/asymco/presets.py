@@ -43,7 +43,9 @@ _PAPER_CIFAR = RunConfig(
 def _register_table1(name: str, kind: str, rate: float, openset: float, paper: float) -> None:
     closed = "CIFAR80N (open-set: classes 80-99 unlabelled)" if openset else "CIFAR100N"
     cfg = replace(
-        _PAPER_CIFAR, preset=name, paper_test_acc=paper,
+        _PAPER_CIFAR,
+        preset=name,
+        paper_test_acc=paper,
         description=f"{closed}, {kind} {int(rate * 100)}% noise, paper CNN, 150 epochs",
         noise=NoiseConfig(kind=kind, rate=rate, openset_ratio=openset, seed=0),
     )
@@ -59,8 +61,13 @@ def _quickstart() -> RunConfig:
     return RunConfig(
         preset="quickstart",
         description="scikit-learn digits, 40% symmetric noise, ACT, about a minute on 2 CPU cores",
-        data=DataConfig(dataset="digits", batch_size=64, views="digits", normalize="dataset",
-                        eval_batch_size=512),
+        data=DataConfig(
+            dataset="digits",
+            batch_size=64,
+            views="digits",
+            normalize="dataset",
+            eval_batch_size=512,
+        ),
         noise=NoiseConfig(kind="symmetric", rate=0.4),
         model=ModelConfig(name="digits_cnn"),
         method=MethodConfig(name="act"),

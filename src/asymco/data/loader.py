@@ -32,7 +32,9 @@ class Batch(NamedTuple):
 
 def to_device_images(images: np.ndarray, device: torch.device) -> Tensor:
     """(N, H, W, C) uint8 numpy -> (N, C, H, W) uint8 tensor on `device`."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+    return (
+        torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+    )
 
 
 def normalizer_for(images: np.ndarray, mode: str, device: torch.device) -> Normalizer:
@@ -46,8 +48,17 @@ def normalizer_for(images: np.ndarray, mode: str, device: torch.device) -> Norma
 class ArrayLoader:
     """Yields `Batch`es of a whole in-memory training set, one pass per call of `epoch`."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, views: str,
-                 normalize: Normalizer, device: torch.device, seed: int) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        batch_size: int,
+        views: str,
+        normalize: Normalizer,
+        device: torch.device,
+        seed: int,
+    ) -> None:
         self.images = to_device_images(images, device)
         self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
         self.batch_size = batch_size
@@ -73,7 +84,8 @@ class ArrayLoader:
             yield Batch(index, weak, strong_view, self.labels[index])
 
 
-def test_batches(images: Tensor, labels: Tensor, batch_size: int,
-                 normalize: Normalizer) -> Iterator[tuple[Tensor, Tensor]]:
+def test_batches(
+    images: Tensor, labels: Tensor, batch_size: int, normalize: Normalizer
+) -> Iterator[tuple[Tensor, Tensor]]:
     for start in range(0, len(labels), batch_size):
         yield normalize(images[start : start + batch_size]), labels[start : start + batch_size]

@@ -65,7 +65,9 @@ def draw_noisy_labels(labels: np.ndarray, matrix: np.ndarray, *, seed: int = 0) 
     if labels.ndim != 1:
         raise UserError(f"labels must be a 1-D array, got shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= matrix.shape[0]):
-        raise UserError(f"labels must lie in [0, {matrix.shape[0]}), got {labels.min()}..{labels.max()}")
+        raise UserError(
+            f"labels must lie in [0, {matrix.shape[0]}), got {labels.min()}..{labels.max()}"
+        )
     flipper = np.random.RandomState(seed)
     noisy = np.empty(labels.shape[0], dtype=np.int64)
     for idx, label in enumerate(labels):

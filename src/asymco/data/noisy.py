@@ -44,10 +44,16 @@ def apply_noise(source: Source, data: DataConfig, noise: NoiseConfig) -> NoisyDa
     num_total = len(source.classes)
     k = known_classes(num_total, noise.openset_ratio)
     if noise.kind != "none" and noise.rate == 0.0:
-        raise UserError(f"noise.rate must be above 0 for {noise.kind} noise (or set noise.kind=none)")
+        raise UserError(
+            f"noise.rate must be above 0 for {noise.kind} noise (or set noise.kind=none)"
+        )
     noisy_full, matrix = make_noisy_labels(
-        source.y_train, kind=noise.kind, rate=noise.rate, num_classes=num_total,
-        openset_ratio=noise.openset_ratio, seed=noise.seed,
+        source.y_train,
+        kind=noise.kind,
+        rate=noise.rate,
+        num_classes=num_total,
+        openset_ratio=noise.openset_ratio,
+        seed=noise.seed,
     )
     rng = np.random.RandomState(data.subset_seed)
     n_full = len(noisy_full)
@@ -59,7 +65,9 @@ def apply_noise(source: Source, data: DataConfig, noise: NoiseConfig) -> NoisyDa
     if data.test_subset is not None and data.test_subset < len(known_test):
         known_test = np.sort(rng.choice(known_test, size=data.test_subset, replace=False))
     if len(index) == 0 or len(known_test) == 0:
-        raise UserError("the dataset is empty after filtering; check data.subset and data.test_subset")
+        raise UserError(
+            "the dataset is empty after filtering; check data.subset and data.test_subset"
+        )
     return NoisyData(
         images=source.x_train[index],
         noisy_label=noisy_full[index],

@@ -34,8 +34,9 @@ def default_root() -> Path:
     return Path(os.environ.get("ASYMCO_DATA", Path.home() / ".cache" / "asymco"))
 
 
-def load_source(dataset: str, *, root: str | None, download: bool, seed: int = 0,
-                test_fraction: float = 0.2) -> Source:
+def load_source(
+    dataset: str, *, root: str | None, download: bool, seed: int = 0, test_fraction: float = 0.2
+) -> Source:
     """Load `dataset` ("cifar10", "cifar100" or "digits")."""
     if dataset == "digits":
         return load_digits(seed=seed, test_fraction=test_fraction)
@@ -98,27 +99,42 @@ def load_npz(path: Path, name: str) -> Source:
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-            raise UserError(f"{path}: x_{split} must be uint8 images (N, H, W, C), got "
-                            f"{x.dtype} {x.shape}")
+            raise UserError(
+                f"{path}: x_{split} must be uint8 images (N, H, W, C), got {x.dtype} {x.shape}"
+            )
         if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
-            raise UserError(f"{path}: y_{split} must be {x.shape[0]} integer labels, got "
-                            f"{y.dtype} {y.shape}")
+            raise UserError(
+                f"{path}: y_{split} must be {x.shape[0]} integer labels, got {y.dtype} {y.shape}"
+            )
     num_classes = 100 if name == "cifar100" else 10
     for split in ("train", "test"):
         y = arrays[f"y_{split}"]
         if y.min() < 0 or y.max() >= num_classes:
             raise UserError(f"{path}: y_{split} must lie in [0, {num_classes}) for {name}")
     return Source(
-        x_train=arrays["x_train"], y_train=arrays["y_train"].astype(np.int64),
-        x_test=arrays["x_test"], y_test=arrays["y_test"].astype(np.int64),
-        classes=cifar_class_names(name), origin=f"npz {path}",
+        x_train=arrays["x_train"],
+        y_train=arrays["y_train"].astype(np.int64),
+        x_test=arrays["x_test"],
+        y_test=arrays["y_test"].astype(np.int64),
+        classes=cifar_class_names(name),
+        origin=f"npz {path}",
     )
 
 
 def cifar_class_names(name: str) -> list[str]:
     if name == "cifar10":
-        return ["airplane", "automobile", "bird", "cat", "deer",
-                "dog", "frog", "horse", "ship", "truck"]
+        return [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ]
     return _CIFAR100_NAMES.split()
 
 
@@ -136,8 +152,9 @@ def load_digits(*, seed: int, test_fraction: float) -> Source:
     x_train, x_test, y_train, y_test = train_test_split(
         images, labels, test_size=test_fraction, stratify=labels, random_state=seed
     )
-    return Source(x_train, y_train, x_test, y_test, [str(d) for d in range(10)],
-                  origin="scikit-learn digits")
+    return Source(
+        x_train, y_train, x_test, y_test, [str(d) for d in range(10)], origin="scikit-learn digits"
+    )
 
 
 _CIFAR100_NAMES = """

@@ -1,1 +1,1 @@
-"""The training engine: devices, LR plans, the loop, evaluation, checkpoints and the run directory."""
+"""The training engine: devices, LR plans, the loop, evaluation, checkpoints, run directory."""

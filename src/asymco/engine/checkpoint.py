@@ -37,8 +37,9 @@ def load_checkpoint(path: Path, *, num_samples: int, config: dict) -> dict:
         )
     if state.get("config") != config:
         diff = _differences(state.get("config") or {}, config)
-        raise UserError(f"checkpoint {path} was written with another configuration "
-                        f"({'; '.join(diff[:5])})")
+        raise UserError(
+            f"checkpoint {path} was written with another configuration ({'; '.join(diff[:5])})"
+        )
     return state
 
 

@@ -17,7 +17,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"train.device {name!r} is not a device name (try auto, cpu or cuda)") from None
+        raise UserError(
+            f"train.device {name!r} is not a device name (try auto, cpu or cuda)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"train.device is {name!r} but no CUDA GPU is available; use auto or cpu")
     return device

@@ -10,8 +10,9 @@ from asymco.augment import Normalizer
 
 
 @torch.inference_mode()
-def accuracy(net: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int,
-             normalize: Normalizer) -> float:
+def accuracy(
+    net: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int, normalize: Normalizer
+) -> float:
     """Top-1 accuracy in percent of `net` in eval mode on uint8 (N, C, H, W) images."""
     was_training = net.training
     net.eval()
@@ -34,7 +35,14 @@ def selection_scores(selected: Tensor, is_clean: Tensor) -> dict[str, float | No
     n_sel, n_clean = selected.sum().item(), is_clean.sum().item()
     precision = true_pos / n_sel if n_sel else None
     recall = true_pos / n_clean if n_clean else None
-    f1 = (2 * precision * recall / (precision + recall)
-          if precision is not None and recall is not None and precision + recall > 0 else None)
-    return {"precision": precision, "recall": recall, "f1": f1,
-            "fraction": n_sel / len(selected) if len(selected) else None}
+    f1 = (
+        2 * precision * recall / (precision + recall)
+        if precision is not None and recall is not None and precision + recall > 0
+        else None
+    )
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "fraction": n_sel / len(selected) if len(selected) else None,
+    }

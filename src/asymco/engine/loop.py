@@ -59,20 +59,33 @@ def fit(
         sums = _run_epoch(method, optimizer, loader, epoch, epochs, progress)
         seconds = time.perf_counter() - start
         row = _epoch_row(method, sums, test, is_clean, optimizer, epoch, warmup)
-        row.update(epoch_seconds=round(seconds, 3),
-                   images_per_second=round(loader.num_samples / max(seconds, 1e-9), 1))
+        row.update(
+            epoch_seconds=round(seconds, 3),
+            images_per_second=round(loader.num_samples / max(seconds, 1e-9), 1),
+        )
         history.append(row)
         logger.info(_describe(row, epochs))
         on_epoch_end(history)
     return history
 
 
-def _run_epoch(method: Method, optimizer: torch.optim.Optimizer, loader: ArrayLoader,
-               epoch: int, epochs: int, progress: bool) -> dict[str, Tensor]:
+def _run_epoch(
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    loader: ArrayLoader,
+    epoch: int,
+    epochs: int,
+    progress: bool,
+) -> dict[str, Tensor]:
     sums: dict[str, Tensor] = {}
-    batches = tqdm(loader.epoch(strong=method.needs_strong_view()), total=len(loader),
-                   desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress,
-                   dynamic_ncols=True)
+    batches = tqdm(
+        loader.epoch(strong=method.needs_strong_view()),
+        total=len(loader),
+        desc=f"epoch {epoch + 1}/{epochs}",
+        leave=False,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     refresh = max(1, len(loader) // 10)  # reading figures syncs the device: only now and then
     for step, batch in enumerate(batches):
         out = method.training_step(batch)
@@ -83,25 +96,45 @@ def _run_epoch(method: Method, optimizer: torch.optim.Optimizer, loader: ArrayLo
             sums[key] = sums.get(key, 0) + value.detach().float()
         sums["batches"] = sums.get("batches", 0) + 1
         if progress and step % refresh == 0:
-            batches.set_postfix({k: f"{v.item():.3g}" for k, v in out.items()
-                                 if k in ("loss", "train_acc_rtm", "train_acc", "selected_share")})
+            batches.set_postfix(
+                {
+                    k: f"{v.item():.3g}"
+                    for k, v in out.items()
+                    if k in ("loss", "train_acc_rtm", "train_acc", "selected_share")
+                }
+            )
         if step % refresh == 0 and not math.isfinite(out["loss"].item()):
-            raise UserError(f"the training loss became non-finite at epoch {epoch}, batch {step}; "
-                            "lower the learning rate (the last good checkpoint is kept)")
+            raise UserError(
+                f"the training loss became non-finite at epoch {epoch}, batch {step}; "
+                "lower the learning rate (the last good checkpoint is kept)"
+            )
     return sums
 
 
-def _epoch_row(method: Method, sums: dict[str, Tensor], test: TestSet, is_clean: Tensor,
-               optimizer: torch.optim.Optimizer, epoch: int, warmup: bool) -> dict:
+def _epoch_row(
+    method: Method,
+    sums: dict[str, Tensor],
+    test: TestSet,
+    is_clean: Tensor,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    warmup: bool,
+) -> dict:
     batches = sums.pop("batches")
     means = {k: round(float(v) / batches, 6) for k, v in sums.items()}  # one sync per figure
     lrs = {g["net"]: g["lr"] for g in optimizer.param_groups}
-    accs = {name: accuracy(net, test.images, test.labels, batch_size=test.batch_size,
-                           normalize=test.normalize)
-            for name, net in method.eval_nets().items()}
+    accs = {
+        name: accuracy(
+            net, test.images, test.labels, batch_size=test.batch_size, normalize=test.normalize
+        )
+        for name, net in method.eval_nets().items()
+    }
     selected = method.selected()
-    scores = (selection_scores(selected, is_clean) if selected is not None
-              else dict.fromkeys(("precision", "recall", "f1", "fraction")))
+    scores = (
+        selection_scores(selected, is_clean)
+        if selected is not None
+        else dict.fromkeys(("precision", "recall", "f1", "fraction"))
+    )
     row = {
         "epoch": epoch,
         "phase": "warmup" if warmup else "robust",
@@ -115,8 +148,9 @@ def _epoch_row(method: Method, sums: dict[str, Tensor], test: TestSet, is_clean:
         "sel_f1": scores["f1"],
         "sel_fraction": scores["fraction"],
         "mining_fraction": means.pop("mining_on", None),
-        "empty_selection_batches": (round(float(sums["empty_selection"]))
-                                    if "empty_selection" in sums else None),
+        "empty_selection_batches": (
+            round(float(sums["empty_selection"])) if "empty_selection" in sums else None
+        ),
     }
     means.pop("empty_selection", None)
     mined = getattr(method, "is_mined", None)
@@ -128,13 +162,19 @@ def _epoch_row(method: Method, sums: dict[str, Tensor], test: TestSet, is_clean:
 
 
 def _describe(row: dict, epochs: int) -> str:
-    parts = [f"epoch {row['epoch'] + 1}/{epochs} {row['phase']}", f"lr {row['lr']:.3g}",
-             f"loss {row['train_loss']:.3f}", f"test {row['test_acc']:.2f}%"]
+    parts = [
+        f"epoch {row['epoch'] + 1}/{epochs} {row['phase']}",
+        f"lr {row['lr']:.3g}",
+        f"loss {row['train_loss']:.3f}",
+        f"test {row['test_acc']:.2f}%",
+    ]
     if row["test_acc_ntm"] is not None:
         parts.append(f"ntm {row['test_acc_ntm']:.2f}%")
     if row["sel_precision"] is not None:
-        parts.append(f"sel P/R {row['sel_precision']:.3f}/{row['sel_recall']:.3f} "
-                     f"({100 * row['sel_fraction']:.1f}%)")
+        parts.append(
+            f"sel P/R {row['sel_precision']:.3f}/{row['sel_recall']:.3f} "
+            f"({100 * row['sel_fraction']:.1f}%)"
+        )
     if row["mining_fraction"] is not None:
         parts.append(f"mining {100 * row['mining_fraction']:.0f}%")
     parts.append(f"{row['epoch_seconds']:.1f}s")

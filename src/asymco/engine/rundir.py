@@ -41,10 +41,12 @@ class RunDir:
         if resume:
             if not (path / "checkpoint.pt").is_file():
                 raise UserError(f"cannot resume: {path} holds no checkpoint.pt")
-        elif path.is_dir() and any((path / name).exists()
-                                   for name in ("checkpoint.pt", "summary.json", "config.yaml")):
-            raise UserError(f"{path} already holds a run; pass --resume to continue it or "
-                            "choose another --out")
+        elif path.is_dir() and any(
+            (path / name).exists() for name in ("checkpoint.pt", "summary.json", "config.yaml")
+        ):
+            raise UserError(
+                f"{path} already holds a run; pass --resume to continue it or choose another --out"
+            )
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / ".write-test"
@@ -70,8 +72,9 @@ class RunDir:
         write_atomic(self.path / name, buffer.getvalue())
 
     def write_metrics(self, history: list[dict]) -> None:
-        write_text_atomic(self.path / "metrics.jsonl",
-                          "".join(json.dumps(row) + "\n" for row in history))
+        write_text_atomic(
+            self.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history)
+        )
 
     def write_summary(self, summary: dict) -> None:
         write_text_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -37,10 +37,17 @@ from asymco.methods.selection import (
 class ACT(Method):
     reported_net = "rtm"
 
-    def __init__(self, cfg: MethodConfig, *, num_classes: int, observed_labels: Tensor,
-                 make_model: Callable[[], nn.Module]) -> None:
-        super().__init__(num_classes=num_classes, observed_labels=observed_labels,
-                         make_model=make_model)
+    def __init__(
+        self,
+        cfg: MethodConfig,
+        *,
+        num_classes: int,
+        observed_labels: Tensor,
+        make_model: Callable[[], nn.Module],
+    ) -> None:
+        super().__init__(
+            num_classes=num_classes, observed_labels=observed_labels, make_model=make_model
+        )
         self.cfg = cfg
         self.add_net("rtm", make_model())  # two independent initialisations
         self.add_net("ntm", make_model())
@@ -79,8 +86,9 @@ class ACT(Method):
         return self.is_selected
 
     def _ce(self, logits: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(logits, target, reduction="none",
-                               label_smoothing=self.cfg.label_smoothing)
+        return F.cross_entropy(
+            logits, target, reduction="none", label_smoothing=self.cfg.label_smoothing
+        )
 
     def _mining_gate(self, gap: Tensor, acc_rtm: Tensor) -> Tensor:
         tau, mode = self.cfg.tau, self.cfg.mining_gate
@@ -99,36 +107,58 @@ class ACT(Method):
         z_ntm = self.fwd["ntm"](batch.weak)
         rtm_hits = z_rtm.argmax(1) == label
         ntm_hits = z_ntm.argmax(1) == label
-        self.epoch_hits += torch.stack([rtm_hits.sum(), ntm_hits.sum(),
-                                        torch.tensor(len(label), device=label.device)]).float()
+        self.epoch_hits += torch.stack(
+            [rtm_hits.sum(), ntm_hits.sum(), torch.tensor(len(label), device=label.device)]
+        ).float()
         loss_ntm = self._ce(z_ntm, label).mean()
         if self.warmup:
             return self._warmup_step(index, label, z_rtm, loss_ntm, rtm_hits, ntm_hits)
         return self._robust_step(batch, z_rtm, loss_ntm, rtm_hits, ntm_hits)
 
-    def _warmup_step(self, index: Tensor, label: Tensor, z_rtm: Tensor, loss_ntm: Tensor,
-                     rtm_hits: Tensor, ntm_hits: Tensor) -> dict[str, Tensor]:
+    def _warmup_step(
+        self,
+        index: Tensor,
+        label: Tensor,
+        z_rtm: Tensor,
+        loss_ntm: Tensor,
+        rtm_hits: Tensor,
+        ntm_hits: Tensor,
+    ) -> dict[str, Tensor]:
         penalty = confidence_penalty(z_rtm, clamp_logits=self.cfg.conf_penalty_clamp_logits)
         loss_rtm = self._ce(z_rtm, label).mean() + self.cfg.conf_penalty_weight * penalty
         self.select_count[index] += 1  # warmup counts as "selected" for every sample
         self.is_selected[index] = True
-        return {"loss": loss_rtm + loss_ntm, "loss_rtm": loss_rtm.detach(),
-                "loss_ntm": loss_ntm.detach(), "train_acc_rtm": rtm_hits.float().mean() * 100,
-                "train_acc_ntm": ntm_hits.float().mean() * 100}
+        return {
+            "loss": loss_rtm + loss_ntm,
+            "loss_rtm": loss_rtm.detach(),
+            "loss_ntm": loss_ntm.detach(),
+            "train_acc_rtm": rtm_hits.float().mean() * 100,
+            "train_acc_ntm": ntm_hits.float().mean() * 100,
+        }
 
-    def _robust_step(self, batch: Batch, z_rtm: Tensor, loss_ntm: Tensor, rtm_hits: Tensor,
-                     ntm_hits: Tensor) -> dict[str, Tensor]:
+    def _robust_step(
+        self, batch: Batch, z_rtm: Tensor, loss_ntm: Tensor, rtm_hits: Tensor, ntm_hits: Tensor
+    ) -> dict[str, Tensor]:
         cfg, index, label = self.cfg, batch.index, batch.label
         gap, acc_rtm = memorization_gap(rtm_hits, ntm_hits)
         mining = self._mining_gate(gap, acc_rtm)
-        chosen, mined = select(rtm_hits, ntm_hits, mining, variant=cfg.selection_variant,
-                               use_ass=cfg.use_ass, use_asm=cfg.use_asm)
+        chosen, mined = select(
+            rtm_hits,
+            ntm_hits,
+            mining,
+            variant=cfg.selection_variant,
+            use_ass=cfg.use_ass,
+            use_asm=cfg.use_asm,
+        )
         # The memory bank counts the current selection before the weights are read (A.3.4).
         self.select_count[index] += chosen.int()  # indices are unique within a batch
         self.is_selected[index] = chosen
         self.is_mined[index] = mined
-        weight = (historical_weights(self.select_count[index], self.epoch) if cfg.use_dsrw
-                  else torch.ones_like(label, dtype=torch.float))
+        weight = (
+            historical_weights(self.select_count[index], self.epoch)
+            if cfg.use_dsrw
+            else torch.ones_like(label, dtype=torch.float)
+        )
         n_chosen = chosen.sum()
         # Mean over the selected samples; an empty selection gives an exact zero that still
         # touches every RTM parameter (the official code would produce NaN here).
@@ -142,8 +172,14 @@ class ACT(Method):
             target = pseudo_labels(chosen, label, ema)
             loss_cr = self._ce(self.fwd["rtm"](batch.strong), target).mean()  # separate forward
             loss_rtm = (1 - cfg.cr_weight) * loss_sel + cfg.cr_weight * loss_cr
-        return {"loss": loss_rtm + loss_ntm, "loss_rtm": loss_rtm.detach(),
-                "loss_ntm": loss_ntm.detach(), "train_acc_rtm": acc_rtm,
-                "train_acc_ntm": ntm_hits.float().mean() * 100, "memorization_gap": gap,
-                "mining_on": mining.float(), "selected_share": n_chosen.float() / len(label),
-                "empty_selection": (n_chosen == 0).float()}
+        return {
+            "loss": loss_rtm + loss_ntm,
+            "loss_rtm": loss_rtm.detach(),
+            "loss_ntm": loss_ntm.detach(),
+            "train_acc_rtm": acc_rtm,
+            "train_acc_ntm": ntm_hits.float().mean() * 100,
+            "memorization_gap": gap,
+            "mining_on": mining.float(),
+            "selected_share": n_chosen.float() / len(label),
+            "empty_selection": (n_chosen == 0).float(),
+        }

@@ -21,8 +21,9 @@ class Method(nn.Module):
     reported_net: str = "net"
     """The key of the net whose test accuracy is *the* result of a run."""
 
-    def __init__(self, *, num_classes: int, observed_labels: Tensor,
-                 make_model: Callable[[], nn.Module]) -> None:
+    def __init__(
+        self, *, num_classes: int, observed_labels: Tensor, make_model: Callable[[], nn.Module]
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_samples = len(observed_labels)
@@ -39,8 +40,10 @@ class Method(nn.Module):
 
     def param_groups(self) -> list[dict]:
         """One optimizer group per net; `plan` names the LR plan ("main" or "ntm") it follows."""
-        return [{"params": list(net.parameters()), "net": name, "plan": "main"}
-                for name, net in self.nets.items()]
+        return [
+            {"params": list(net.parameters()), "net": name, "plan": "main"}
+            for name, net in self.nets.items()
+        ]
 
     def on_epoch_start(self, epoch: int, *, warmup: bool) -> None:
         self.epoch = epoch

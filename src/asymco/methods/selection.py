@@ -21,8 +21,9 @@ def memorization_gap(rtm_hits: Tensor, ntm_hits: Tensor) -> tuple[Tensor, Tensor
     """
     acc_rtm = rtm_hits.float().mean() * 100
     acc_ntm = ntm_hits.float().mean() * 100
-    gap = torch.where(acc_rtm > 0, (acc_ntm - acc_rtm) / acc_rtm.clamp_min(1e-12),
-                      torch.zeros_like(acc_rtm))
+    gap = torch.where(
+        acc_rtm > 0, (acc_ntm - acc_rtm) / acc_rtm.clamp_min(1e-12), torch.zeros_like(acc_rtm)
+    )
     return gap, acc_rtm
 
 

@@ -16,10 +16,17 @@ from asymco.methods.base import Method
 class Standard(Method):
     reported_net = "net"
 
-    def __init__(self, cfg: MethodConfig, *, num_classes: int, observed_labels: Tensor,
-                 make_model: Callable[[], nn.Module]) -> None:
-        super().__init__(num_classes=num_classes, observed_labels=observed_labels,
-                         make_model=make_model)
+    def __init__(
+        self,
+        cfg: MethodConfig,
+        *,
+        num_classes: int,
+        observed_labels: Tensor,
+        make_model: Callable[[], nn.Module],
+    ) -> None:
+        super().__init__(
+            num_classes=num_classes, observed_labels=observed_labels, make_model=make_model
+        )
         self.cfg = cfg
         self.add_net("net", make_model())
 

@@ -16,7 +16,9 @@ class MLPHead(nn.Module):
     def __init__(self, in_features: int, hidden: int, num_classes: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(in_features, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes),
         )
         for m in self.layers:
@@ -40,11 +42,14 @@ class CNN7(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             *_conv_bn_relu(in_channels, 64),
-            *_conv_bn_relu(64, 64), nn.MaxPool2d(2, 2),  # 64x16x16
+            *_conv_bn_relu(64, 64),
+            nn.MaxPool2d(2, 2),  # 64x16x16
             *_conv_bn_relu(64, 128),
-            *_conv_bn_relu(128, 128), nn.MaxPool2d(2, 2),  # 128x8x8
+            *_conv_bn_relu(128, 128),
+            nn.MaxPool2d(2, 2),  # 128x8x8
             *_conv_bn_relu(128, 196),
-            *_conv_bn_relu(196, 16), nn.MaxPool2d(2, 2),  # 16x4x4 = 256 features
+            *_conv_bn_relu(196, 16),
+            nn.MaxPool2d(2, 2),  # 16x4x4 = 256 features
             nn.Flatten(),
         )
         self.classifier = MLPHead(256, 512, num_classes)
@@ -60,8 +65,10 @@ class DigitsCNN(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             *_conv_bn_relu(in_channels, 32),
-            *_conv_bn_relu(32, 64), nn.MaxPool2d(2, 2),  # 64x4x4
-            *_conv_bn_relu(64, 64), nn.MaxPool2d(2, 2),  # 64x2x2
+            *_conv_bn_relu(32, 64),
+            nn.MaxPool2d(2, 2),  # 64x4x4
+            *_conv_bn_relu(64, 64),
+            nn.MaxPool2d(2, 2),  # 64x2x2
             nn.Flatten(),
         )
         self.classifier = MLPHead(256, 128, num_classes)
