@@ -87,3 +87,10 @@ def test_create_model_unknown_name_raises(name):
     """An unknown model name is a UserError."""
     with pytest.raises(UserError):
         create_model(name, num_classes=10)
+
+
+def test_cnn7_without_mlp_head_is_josrc_cnn():
+    """model.mlp_head=false gives Jo-SRC's 6 conv + 1 linear CNN (541,280 parameters at 100)."""
+    model = create_model("cnn7", num_classes=100, mlp_head=False)
+    assert sum(p.numel() for p in model.parameters()) == 541_280
+    assert isinstance(model.classifier, torch.nn.Linear)

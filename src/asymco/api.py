@@ -150,13 +150,14 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
     )
 
     channels = data.images.shape[-1]
+    model_options = {"mlp_head": cfg.model.mlp_head} if cfg.model.name == "cnn7" else {}
     method = create_method(
         cfg.method.name,
         cfg.method,
         num_classes=data.num_classes,
         observed_labels=torch.from_numpy(data.noisy_label),
         make_model=lambda: create_model(
-            cfg.model.name, num_classes=data.num_classes, in_channels=channels
+            cfg.model.name, num_classes=data.num_classes, in_channels=channels, **model_options
         ),
     ).to(device)
     optimizer = _optimizer(method.param_groups(), cfg)

@@ -86,6 +86,8 @@ class NoiseConfig:
 class ModelConfig:
     name: str = "cnn7"
     """`cnn7`: the paper's CIFAR CNN (6 conv + MLP head, act-spec B.1); `digits_cnn` for digits."""
+    mlp_head: bool = True
+    """cnn7 only: ACT's 2-layer MLP head (faithful); false = Jo-SRC's single Linear(256, K)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -156,7 +156,11 @@ def _epoch_row(
     mined = getattr(method, "is_mined", None)
     if mined is not None and not warmup:
         mined_scores = selection_scores(mined, is_clean)
-        row.update(mined_count=int(mined.sum()), mined_precision=mined_scores["precision"])
+        row.update(
+            mined_count=int(mined.sum()),
+            mined_precision=mined_scores["precision"],
+            mined_recall=mined_scores["recall"],
+        )
     row.update(means)
     return row
 

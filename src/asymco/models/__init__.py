@@ -12,8 +12,9 @@ MODELS.register("cnn7")(CNN7)
 MODELS.register("digits_cnn")(DigitsCNN)
 
 
-def create_model(name: str, *, num_classes: int, in_channels: int = 3) -> nn.Module:
-    return MODELS.create(name, num_classes=num_classes, in_channels=in_channels)
+def create_model(name: str, *, num_classes: int, in_channels: int = 3, **options) -> nn.Module:
+    """Build model `name`; `options` are the model's own keyword settings (e.g. mlp_head)."""
+    return MODELS.create(name, num_classes=num_classes, in_channels=in_channels, **options)
 
 
 def list_models() -> list[str]:

@@ -38,7 +38,7 @@ class CNN7(nn.Module):
     parameters at 100 classes.
     """
 
-    def __init__(self, *, num_classes: int, in_channels: int = 3) -> None:
+    def __init__(self, *, num_classes: int, in_channels: int = 3, mlp_head: bool = True) -> None:
         super().__init__()
         self.features = nn.Sequential(
             *_conv_bn_relu(in_channels, 64),
@@ -52,7 +52,11 @@ class CNN7(nn.Module):
             nn.MaxPool2d(2, 2),  # 16x4x4 = 256 features
             nn.Flatten(),
         )
-        self.classifier = MLPHead(256, 512, num_classes)
+        # Jo-SRC's original CNN ends in one Linear layer (PyTorch's default init); ACT's has
+        # the MLP head (act-spec A.7.7).
+        self.classifier = (
+            MLPHead(256, 512, num_classes) if mlp_head else nn.Linear(256, num_classes)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
