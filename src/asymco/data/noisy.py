@@ -55,15 +55,17 @@ def apply_noise(source: Source, data: DataConfig, noise: NoiseConfig) -> NoisyDa
         openset_ratio=noise.openset_ratio,
         seed=noise.seed,
     )
-    rng = np.random.RandomState(data.subset_seed)
+    # Separate streams, so the test subset does not depend on whether/how the train set is cut.
+    train_rng = np.random.RandomState([data.subset_seed, 0])
+    test_rng = np.random.RandomState([data.subset_seed, 1])
     n_full = len(noisy_full)
     if data.subset is not None and data.subset < n_full:
-        index = np.sort(rng.choice(n_full, size=data.subset, replace=False))
+        index = np.sort(train_rng.choice(n_full, size=data.subset, replace=False))
     else:
         index = np.arange(n_full)
     known_test = np.flatnonzero(source.y_test < k)
     if data.test_subset is not None and data.test_subset < len(known_test):
-        known_test = np.sort(rng.choice(known_test, size=data.test_subset, replace=False))
+        known_test = np.sort(test_rng.choice(known_test, size=data.test_subset, replace=False))
     if len(index) == 0 or len(known_test) == 0:
         raise UserError(
             "the dataset is empty after filtering; check data.subset and data.test_subset"

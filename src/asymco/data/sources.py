@@ -4,6 +4,7 @@ download) and scikit-learn's bundled digits. Each source returns a `Source` of u
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from asymco.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 _TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -59,7 +62,12 @@ def load_cifar(name: str, *, root: Path, download: bool) -> Source:
             f"{_TORCHVISION_FOLDERS[name]}/) and downloads are off; pass --data-dir or "
             "--set data.download=true"
         )
-    return _load_torchvision(name, root, download=download and not folder_present)
+    if folder_present and download:
+        try:  # use what is there; let torchvision repair a broken folder only if it must
+            return _load_torchvision(name, root, download=False)
+        except UserError:
+            logger.warning("%s in %s looks incomplete; downloading it again", name, root)
+    return _load_torchvision(name, root, download=download)
 
 
 def _load_torchvision(name: str, root: Path, *, download: bool) -> Source:
@@ -87,7 +95,10 @@ def _load_torchvision(name: str, root: Path, *, download: bool) -> Source:
 def load_npz(path: Path, name: str) -> Source:
     """An .npz with x_train, y_train, x_test, y_test (uint8 NHWC images, integer labels)."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy under an .npz name
+            raise UserError(f"{path} holds a single array, not an .npz archive of named arrays")
+        with archive:
             missing = [k for k in _NPZ_KEYS if k not in archive.files]
             if missing:
                 raise UserError(f"{path} lacks the arrays {', '.join(missing)}")
@@ -98,6 +109,8 @@ def load_npz(path: Path, name: str) -> Source:
         raise UserError(f"{path} is not a readable .npz archive ({err})") from None
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if len(y) == 0:
+            raise UserError(f"{path}: the {split} split is empty")
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
             raise UserError(
                 f"{path}: x_{split} must be uint8 images (N, H, W, C), got {x.dtype} {x.shape}"
