@@ -37,25 +37,15 @@ from asymco.methods.selection import (
 class ACT(Method):
     reported_net = "rtm"
 
-    def __init__(
-        self,
-        cfg: MethodConfig,
-        *,
-        num_classes: int,
-        observed_labels: Tensor,
-        make_model: Callable[[], nn.Module],
-    ) -> None:
-        super().__init__(
-            num_classes=num_classes, observed_labels=observed_labels, make_model=make_model
-        )
-        self.cfg = cfg
+    cfg: MethodConfig
+
+    def setup(self, make_model: Callable[[], nn.Module], observed_labels: Tensor) -> None:
         self.add_net("rtm", make_model())  # two independent initialisations
         self.add_net("ntm", make_model())
-        n = self.num_samples
-        labels = observed_labels.long()
+        n, num_classes = self.num_samples, self.num_classes
         # Per-sample state (act-spec A.0). select_count is the DSRW memory bank c_i.
         self.register_buffer("select_count", torch.zeros(n, dtype=torch.int32))
-        self.register_buffer("ema_probs", F.one_hot(labels, num_classes).float())  # q_i
+        self.register_buffer("ema_probs", F.one_hot(observed_labels, num_classes).float())  # q_i
         self.register_buffer("is_selected", torch.zeros(n, dtype=torch.bool))
         self.register_buffer("is_mined", torch.zeros(n, dtype=torch.bool))
         # Memorization-gate state: the latch, and this/last epoch's hit counts (per_epoch gate).

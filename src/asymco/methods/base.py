@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from asymco.config import MethodConfig
 from asymco.data.loader import Batch
 
 
@@ -22,9 +23,15 @@ class Method(nn.Module):
     """The key of the net whose test accuracy is *the* result of a run."""
 
     def __init__(
-        self, *, num_classes: int, observed_labels: Tensor, make_model: Callable[[], nn.Module]
+        self,
+        cfg: MethodConfig,
+        *,
+        num_classes: int,
+        observed_labels: Tensor,
+        make_model: Callable[[], nn.Module],
     ) -> None:
         super().__init__()
+        self.cfg = cfg
         self.num_classes = num_classes
         self.num_samples = len(observed_labels)
         self.nets = nn.ModuleDict()
@@ -33,6 +40,11 @@ class Method(nn.Module):
         self.fwd: dict[str, Callable[[Tensor], Tensor]] = {}
         self.epoch = 0
         self.warmup = False
+        self.setup(make_model, observed_labels.long())
+
+    def setup(self, make_model: Callable[[], nn.Module], observed_labels: Tensor) -> None:
+        """Build the nets (with `add_net`) and register per-sample state buffers."""
+        raise NotImplementedError
 
     def add_net(self, name: str, net: nn.Module) -> None:
         self.nets[name] = net

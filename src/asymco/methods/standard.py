@@ -8,7 +8,6 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asymco.config import MethodConfig
 from asymco.data.loader import Batch
 from asymco.methods.base import Method
 
@@ -16,18 +15,7 @@ from asymco.methods.base import Method
 class Standard(Method):
     reported_net = "net"
 
-    def __init__(
-        self,
-        cfg: MethodConfig,
-        *,
-        num_classes: int,
-        observed_labels: Tensor,
-        make_model: Callable[[], nn.Module],
-    ) -> None:
-        super().__init__(
-            num_classes=num_classes, observed_labels=observed_labels, make_model=make_model
-        )
-        self.cfg = cfg
+    def setup(self, make_model: Callable[[], nn.Module], observed_labels: Tensor) -> None:
         self.add_net("net", make_model())
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
