@@ -14,14 +14,17 @@ import numpy as np
 import torch
 
 from asymco import __version__
+from asymco.augment import Normalizer
 from asymco.config import RunConfig, apply_overrides, from_dict, to_dict
 from asymco.data.loader import ArrayLoader, normalizer_for, to_device_images
 from asymco.data.noisy import NoisyData, apply_noise
+from asymco.data.pil_loader import PilLoader
 from asymco.data.sources import load_source
 from asymco.engine.checkpoint import load_checkpoint, save_checkpoint
 from asymco.engine.device import resolve_device, rng_state, seed_everything, set_rng_state
 from asymco.engine.loop import TestSet, fit
 from asymco.engine.lr import build_lr_plan
+from asymco.engine.precision import Execution, resolve_execution
 from asymco.engine.rundir import RunDir
 from asymco.errors import UserError
 from asymco.methods import METHODS, create_method
@@ -114,6 +117,21 @@ def _optimizer(groups: list[dict], cfg: RunConfig) -> torch.optim.Optimizer:
     )
 
 
+def _make_loader(
+    cfg: RunConfig, data: NoisyData, normalize: Normalizer, device: torch.device
+) -> ArrayLoader | PilLoader:
+    common = {
+        "batch_size": cfg.data.batch_size,
+        "views": cfg.data.views,
+        "normalize": normalize,
+        "device": device,
+        "seed": cfg.train.seed,
+    }
+    if cfg.data.loader == "pil":
+        return PilLoader(data.images, data.noisy_label, workers=cfg.data.workers, **common)
+    return ArrayLoader(data.images, data.noisy_label, **common)
+
+
 def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:
     """Train `cfg` into a run directory (new, or continued from its checkpoint with `resume`)."""
     wall_start = time.perf_counter()
@@ -160,21 +178,20 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
             cfg.model.name, num_classes=data.num_classes, in_channels=channels, **model_options
         ),
     ).to(device)
+    exe = resolve_execution(cfg.train, device)
+    method.to(memory_format=exe.memory_format())
+    if cfg.train.compile:  # wrap only the training forwards: state_dict keys stay plain
+        method.fwd.update({name: torch.compile(net) for name, net in method.nets.items()})
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     optimizer = _optimizer(method.param_groups(), cfg)
-    normalize = normalizer_for(data.images, cfg.data.normalize, device)
-    loader = ArrayLoader(
-        data.images,
-        data.noisy_label,
-        batch_size=cfg.data.batch_size,
-        views=cfg.data.views,
-        normalize=normalize,
-        device=device,
-        seed=cfg.train.seed,
-    )
+    normalize = normalizer_for(data.images, cfg.data.normalize, device, exe.memory_format())
+    loader = _make_loader(cfg, data, normalize, device)
+    eval_batch = cfg.data.eval_batch_size or (1024 if device.type == "cuda" else 128)
     test = TestSet(
         to_device_images(data.test_images, device),
         torch.from_numpy(data.test_label).to(device),
-        cfg.data.eval_batch_size,
+        eval_batch,
         normalize,
     )
     config = to_dict(cfg)
@@ -212,6 +229,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         optimizer,
         loader,
         test,
+        exe=exe,
         plans=_lr_plans(cfg),
         epochs=cfg.train.epochs,
         warmup_epochs=cfg.train.warmup_epochs,
@@ -220,9 +238,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         on_epoch_end=checkpoint,
         progress=cfg.train.progress,
     )
-    summary = summarize(
-        cfg, history, data, device=device, wall_seconds=time.perf_counter() - wall_start
-    )
+    summary = summarize(cfg, history, data, exe=exe, wall_seconds=time.perf_counter() - wall_start)
     run.write_summary(summary)
     return RunResult(run.path, summary, history)
 
@@ -232,7 +248,7 @@ def summarize(
     history: list[dict],
     data: NoisyData,
     *,
-    device: torch.device,
+    exe: Execution,
     wall_seconds: float,
 ) -> dict:
     """The final figures of a run; last-10 statistics as the paper reports them (ddof = 0)."""
@@ -259,7 +275,15 @@ def summarize(
         "num_classes": data.num_classes,
         "data_origin": data.origin,
         "wall_seconds": round(wall_seconds, 2),
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "device": str(exe.device)
+        if exe.device.type != "cuda"
+        else torch.cuda.get_device_name(exe.device),
+        "execution": {
+            "precision": exe.precision,
+            "channels_last": exe.channels_last,
+            "compile": cfg.train.compile,
+            "loader": cfg.data.loader,
+        },
         "versions": {
             "asymco": __version__,
             "python": platform.python_version(),

@@ -83,9 +83,16 @@ VIEWS: dict[str, tuple[ViewFn, ViewFn]] = {
 class Normalizer:
     """uint8 (B, C, H, W) -> float32 normalised with per-channel mean and std (in [0, 1] units)."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+    def __init__(
+        self,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        device: torch.device,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ):
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0
+        self.memory_format = memory_format
 
     def __call__(self, x: Tensor) -> Tensor:
-        return (x.float() - self.mean) / self.std
+        return ((x.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)

@@ -17,7 +17,6 @@ from typing import Any, Literal
 from asymco.errors import UserError
 
 NoiseKind = Literal["none", "symmetric", "asymmetric"]
-Precision = Literal["fp32", "bf16", "fp16"]
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -44,9 +43,15 @@ class DataConfig:
     digits_test_fraction: float = 0.2
     """Share of scikit-learn's digits held out (stratified, seeded by `subset_seed`) for testing."""
     batch_size: int = 128
-    eval_batch_size: int = 256
-    """Test-set batch size. The official code uses 16; the result does not depend on it (eval
-    mode), only the speed does."""
+    eval_batch_size: int | None = None
+    """Test-set batch size; None = 1024 on a GPU, 128 on a CPU. The official code uses 16; the
+    result does not depend on it (eval mode), only the speed does."""
+    loader: Literal["device", "pil"] = "device"
+    """`device`: images live on the training device, views are built there in batches (fast);
+    `pil`: DataLoader workers with per-image torchvision/PIL transforms (the reference
+    pipeline's structure, kept for comparison)."""
+    workers: int = 4
+    """DataLoader worker processes of the `pil` loader (the official code uses 4)."""
     views: Literal["cifar", "digits"] = "cifar"
     """Weak/strong view recipe: `cifar` = crop(32, pad 4) + flip, strong adds the AutoAugment
     CIFAR-10 policy; `digits` = small shifts, strong adds a larger shift and a cutout."""
@@ -58,7 +63,12 @@ class DataConfig:
             value = getattr(self, key)
             _check(value is None or value > 0, f"data.{key}", "must be a positive number of images")
         _check(self.batch_size > 0, "data.batch_size", "must be positive")
-        _check(self.eval_batch_size > 0, "data.eval_batch_size", "must be positive")
+        _check(
+            self.eval_batch_size is None or self.eval_batch_size > 0,
+            "data.eval_batch_size",
+            "must be positive",
+        )
+        _check(self.workers >= 0, "data.workers", "must be >= 0")
         _check(0 < self.digits_test_fraction < 1, "data.digits_test_fraction", "must be in (0, 1)")
 
 
@@ -174,6 +184,13 @@ class TrainConfig:
     """CPU threads for torch; None = torch's default."""
     progress: bool = True
     """Show a progress bar with the running figures."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Autocast precision of the training forward passes; `auto` = bf16 on CUDA, fp32 on CPU.
+    fp32 is the faithful reference; fp16 adds a gradient scaler."""
+    channels_last: bool | None = None
+    """Channels-last memory format for nets and images; None = on for CUDA, off on CPU."""
+    compile: bool = False
+    """Wrap the nets' training forwards in torch.compile (same algorithm, faster kernels)."""
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", "must be positive")

@@ -37,12 +37,17 @@ def to_device_images(images: np.ndarray, device: torch.device) -> Tensor:
     )
 
 
-def normalizer_for(images: np.ndarray, mode: str, device: torch.device) -> Normalizer:
+def normalizer_for(
+    images: np.ndarray,
+    mode: str,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> Normalizer:
     """ImageNet statistics (the official CIFAR choice) or the training images' own statistics."""
     if mode == "imagenet" and images.shape[-1] == 3:
-        return Normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
+        return Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, memory_format)
     flat = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    return Normalizer(tuple(flat.mean(0)), tuple(flat.std(0) + 1e-8), device)
+    return Normalizer(tuple(flat.mean(0)), tuple(flat.std(0) + 1e-8), device, memory_format)
 
 
 class ArrayLoader:

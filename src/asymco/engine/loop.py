@@ -8,7 +8,6 @@ mask, append one metrics row, write the checkpoint and metrics.jsonl.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,11 +18,14 @@ from tqdm import tqdm
 
 from asymco.augment import Normalizer
 from asymco.data.loader import ArrayLoader
+from asymco.data.pil_loader import PilLoader
 from asymco.engine.evaluate import accuracy, selection_scores
+from asymco.engine.precision import Execution
 from asymco.errors import UserError
 from asymco.methods.base import Method
 
 logger = logging.getLogger(__name__)
+Loader = ArrayLoader | PilLoader
 
 
 @dataclass
@@ -37,9 +39,10 @@ class TestSet:
 def fit(
     method: Method,
     optimizer: torch.optim.Optimizer,
-    loader: ArrayLoader,
+    loader: Loader,
     test: TestSet,
     *,
+    exe: Execution,
     plans: dict[str, list[float]],
     epochs: int,
     warmup_epochs: int,
@@ -49,6 +52,7 @@ def fit(
     progress: bool = True,
 ) -> list[dict]:
     """Train from epoch `len(history)` to `epochs`; returns the full per-epoch history."""
+    scaler = exe.make_scaler()
     for epoch in range(len(history), epochs):
         warmup = epoch < warmup_epochs
         for group in optimizer.param_groups:
@@ -56,9 +60,9 @@ def fit(
         method.train()
         method.on_epoch_start(epoch, warmup=warmup)
         start = time.perf_counter()
-        sums = _run_epoch(method, optimizer, loader, epoch, epochs, progress)
+        sums = _run_epoch(method, optimizer, scaler, loader, exe, epoch, epochs, progress)
         seconds = time.perf_counter() - start
-        row = _epoch_row(method, sums, test, is_clean, optimizer, epoch, warmup)
+        row = _epoch_row(method, sums, test, is_clean, optimizer, exe, epoch, warmup)
         row.update(
             epoch_seconds=round(seconds, 3),
             images_per_second=round(loader.num_samples / max(seconds, 1e-9), 1),
@@ -72,12 +76,17 @@ def fit(
 def _run_epoch(
     method: Method,
     optimizer: torch.optim.Optimizer,
-    loader: ArrayLoader,
+    scaler: torch.amp.GradScaler,
+    loader: Loader,
+    exe: Execution,
     epoch: int,
     epochs: int,
     progress: bool,
 ) -> dict[str, Tensor]:
+    """One pass over the training set. Figures stay device tensors until the epoch ends, so a
+    GPU never waits for the host; only on a CPU (where reading is free) the bar shows them."""
     sums: dict[str, Tensor] = {}
+    first_bad = torch.full((), -1, dtype=torch.long, device=exe.device)
     batches = tqdm(
         loader.epoch(strong=method.needs_strong_view()),
         total=len(loader),
@@ -86,28 +95,29 @@ def _run_epoch(
         disable=not progress,
         dynamic_ncols=True,
     )
-    refresh = max(1, len(loader) // 10)  # reading figures syncs the device: only now and then
+    show = progress and exe.device.type == "cpu"
+    refresh = max(1, len(loader) // 10)
     for step, batch in enumerate(batches):
-        out = method.training_step(batch)
+        with exe.autocast():
+            out = method.training_step(batch)
         optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
+        scaler.scale(out["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        bad_now = ~torch.isfinite(out["loss"].detach()) & (first_bad < 0)
+        first_bad = torch.where(bad_now, torch.full_like(first_bad, step), first_bad)
         for key, value in out.items():
             sums[key] = sums.get(key, 0) + value.detach().float()
         sums["batches"] = sums.get("batches", 0) + 1
-        if progress and step % refresh == 0:
-            batches.set_postfix(
-                {
-                    k: f"{v.item():.3g}"
-                    for k, v in out.items()
-                    if k in ("loss", "train_acc_rtm", "train_acc", "selected_share")
-                }
-            )
-        if step % refresh == 0 and not math.isfinite(out["loss"].item()):
-            raise UserError(
-                f"the training loss became non-finite at epoch {epoch}, batch {step}; "
-                "lower the learning rate (the last good checkpoint is kept)"
-            )
+        if show and step % refresh == 0:
+            keys = ("loss", "train_acc_rtm", "train_acc", "selected_share")
+            batches.set_postfix({k: f"{v.item():.3g}" for k, v in out.items() if k in keys})
+    if first_bad.item() >= 0:  # checked once per epoch: the epoch's checkpoint is not written
+        raise UserError(
+            f"the training loss became non-finite at epoch {epoch}, batch {first_bad.item()}; "
+            "lower the learning rate or use train.precision=fp32 (the last good checkpoint "
+            "is kept)"
+        )
     return sums
 
 
@@ -117,18 +127,20 @@ def _epoch_row(
     test: TestSet,
     is_clean: Tensor,
     optimizer: torch.optim.Optimizer,
+    exe: Execution,
     epoch: int,
     warmup: bool,
 ) -> dict:
     batches = sums.pop("batches")
     means = {k: round(float(v) / batches, 6) for k, v in sums.items()}  # one sync per figure
     lrs = {g["net"]: g["lr"] for g in optimizer.param_groups}
-    accs = {
-        name: accuracy(
-            net, test.images, test.labels, batch_size=test.batch_size, normalize=test.normalize
-        )
-        for name, net in method.eval_nets().items()
-    }
+    with exe.autocast():
+        accs = {
+            name: accuracy(
+                net, test.images, test.labels, batch_size=test.batch_size, normalize=test.normalize
+            )
+            for name, net in method.eval_nets().items()
+        }
     selected = method.selected()
     scores = (
         selection_scores(selected, is_clean)

@@ -1,0 +1,117 @@
+"""The per-sample PIL path: DataLoader workers apply torchvision transforms image by image.
+
+This is the reference implementation's input pipeline (PIL crop/flip/AutoAugment in worker
+processes). It stays as `data.loader=pil` for comparison and for data that needs per-image
+decoding; array data defaults to the much faster device path in `loader.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from asymco.augment import Normalizer
+from asymco.data.loader import Batch
+
+
+class _Cutout:
+    """Zero one size x size square (clipped at the border) of a (C, H, W) tensor."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, img: Tensor) -> Tensor:
+        _, h, w = img.shape
+        cy, cx = int(torch.randint(0, h, ())), int(torch.randint(0, w, ()))
+        half = self.size // 2
+        img = img.clone()
+        img[:, max(0, cy - half) : cy + half + 1, max(0, cx - half) : cx + half + 1] = 0
+        return img
+
+
+def pil_views(views: str, size: int) -> tuple[T.Compose, T.Compose]:
+    """(weak, strong) torchvision pipelines producing uint8 (C, H, W) tensors; the same recipes
+    as `augment.VIEWS`, one image at a time."""
+    to_uint8 = T.PILToTensor()
+    if views == "cifar":
+        base = [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()]
+        policy = T.AutoAugment(T.AutoAugmentPolicy.CIFAR10, fill=[128, 128, 128])
+        return T.Compose([*base, to_uint8]), T.Compose([*base, policy, to_uint8])
+    weak = T.Compose([T.RandomCrop(size, padding=1), to_uint8])
+    strong = T.Compose([T.RandomCrop(size, padding=2), to_uint8, _Cutout(3)])
+    return weak, strong
+
+
+class _ViewDataset(Dataset):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, views: str) -> None:
+        self.images, self.labels = images, labels
+        self.weak, self.strong = pil_views(views, images.shape[1])
+        self.with_strong = True
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        array = self.images[index]
+        img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+        weak = self.weak(img)
+        strong = self.strong(img) if self.with_strong else torch.empty(0)
+        return index, weak, strong, int(self.labels[index])
+
+
+class PilLoader:
+    """Same interface as `ArrayLoader`: `epoch(strong=...)` yields device `Batch`es."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        batch_size: int,
+        views: str,
+        normalize: Normalizer,
+        device: torch.device,
+        seed: int,
+        workers: int,
+    ) -> None:
+        self.dataset = _ViewDataset(images, labels, views)
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.device = device
+        self.workers = workers
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.dataset) + self.batch_size - 1) // self.batch_size
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def epoch(self, *, strong: bool) -> Iterator[Batch]:
+        # A fresh DataLoader per epoch hands the workers the current `with_strong` flag; the
+        # shared generator seeds both the shuffle and the workers' augmentation RNGs.
+        self.dataset.with_strong = strong
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=False,
+            num_workers=self.workers,
+            generator=self.generator,
+            pin_memory=self.device.type == "cuda",
+        )
+        for index, weak, strong_view, label in loader:
+            to = {"device": self.device, "non_blocking": True}
+            yield Batch(
+                index.to(**to),
+                self.normalize(weak.to(**to)),
+                self.normalize(strong_view.to(**to)) if strong else None,
+                label.to(**to),
+            )

@@ -1,0 +1,48 @@
+"""How the training forwards run: autocast precision, gradient scaling, memory format.
+
+None of this changes the algorithm; fp32 without compile is the faithful reference path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from asymco.config import TrainConfig
+from asymco.errors import UserError
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Execution:
+    device: torch.device
+    precision: str
+    """Resolved: fp32, bf16 or fp16."""
+    channels_last: bool
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+
+    def make_scaler(self) -> torch.amp.GradScaler:
+        # fp16 gradients can underflow without loss scaling (the official web/Food scripts
+        # autocast to fp16 without a scaler, act-spec A.3); bf16 and fp32 need none.
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def resolve_execution(train: TrainConfig, device: torch.device) -> Execution:
+    cuda = device.type == "cuda"
+    precision = train.precision if train.precision != "auto" else ("bf16" if cuda else "fp32")
+    if precision == "fp16" and not cuda:
+        raise UserError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU has no bf16 support; use train.precision=fp16 or fp32")
+    channels_last = train.channels_last if train.channels_last is not None else cuda
+    return Execution(device, precision, channels_last)
