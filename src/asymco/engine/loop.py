@@ -60,12 +60,13 @@ def fit(
         method.train()
         method.on_epoch_start(epoch, warmup=warmup)
         start = time.perf_counter()
-        sums = _run_epoch(method, optimizer, scaler, loader, exe, epoch, epochs, progress)
+        sums = run_epoch(method, optimizer, scaler, loader, exe, epoch, epochs, progress)
         seconds = time.perf_counter() - start
         row = _epoch_row(method, sums, test, is_clean, optimizer, exe, epoch, warmup)
         row.update(
             epoch_seconds=round(seconds, 3),
             images_per_second=round(loader.num_samples / max(seconds, 1e-9), 1),
+            eval_seconds=round(time.perf_counter() - start - seconds, 3),
         )
         history.append(row)
         logger.info(_describe(row, epochs))
@@ -73,7 +74,7 @@ def fit(
     return history
 
 
-def _run_epoch(
+def run_epoch(
     method: Method,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
