@@ -1,8 +1,8 @@
 """Weak and strong views of a batch of uint8 images, computed on the batch's device.
 
-Crop-with-padding and flip are vectorised over the batch. The strong CIFAR view applies
-torchvision's AutoAugment CIFAR-10 policy (a sub-policy drawn per sample, grey fill 128 as in the
-official `CIFAR10Policy`) to each image in turn on tensors (no PIL).
+Everything is vectorised over the batch: crop-with-padding, flip, and for the strong CIFAR view
+the AutoAugment CIFAR-10 policy (`autoaugment.py`: a sub-policy drawn per sample, each op equal
+to torchvision's, grey fill 128 as in the official `CIFAR10Policy`). No PIL, no per-sample loop.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
+from asymco.autoaugment import autoaugment_cifar10
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,20 +50,12 @@ def random_cutout(x: Tensor, size: int, gen: torch.Generator) -> Tensor:
     return x.masked_fill(inside[:, None], 0)
 
 
-_AUTOAUGMENT = AutoAugment(AutoAugmentPolicy.CIFAR10, fill=[128, 128, 128])
-
-
-def autoaugment_cifar10(x: Tensor) -> Tensor:
-    """The AutoAugment CIFAR-10 policy with one sub-policy drawn for each image of the batch."""
-    return torch.stack([_AUTOAUGMENT(img) for img in x])
-
-
 def _cifar_weak(x: Tensor, gen: torch.Generator) -> Tensor:
     return random_flip(random_crop(x, 4, gen), gen)
 
 
 def _cifar_strong(x: Tensor, gen: torch.Generator) -> Tensor:
-    return autoaugment_cifar10(_cifar_weak(x, gen))
+    return autoaugment_cifar10(_cifar_weak(x, gen), gen, fill=128.0)
 
 
 def _digits_weak(x: Tensor, gen: torch.Generator) -> Tensor:

@@ -60,8 +60,22 @@ CIFAR10_POLICY: tuple[tuple[PolicyStep, PolicyStep], ...] = tuple(
     (PolicyStep(*first), PolicyStep(*second)) for first, second in _CIFAR10_STEPS
 )
 NUM_BINS = 10
-OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
-       "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert")
+OPS = (
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Rotate",
+    "Brightness",
+    "Color",
+    "Contrast",
+    "Sharpness",
+    "Posterize",
+    "Solarize",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+)
 SIGNED_OPS = frozenset(OPS[:9])  # geometric and colour ops go either way, as in torchvision
 
 _DEG_TO_RAD = math.pi / 180.0  # the constants CPython's math.radians / math.degrees multiply by,
@@ -79,8 +93,13 @@ def magnitude_bins(op: str, height: int, width: int) -> Tensor:
     Returns:
         A float32 tensor of shape (NUM_BINS,); zeros for the ops without a magnitude.
     """
-    spans = {"ShearX": 0.3, "ShearY": 0.3, "TranslateX": 150.0 / 331.0 * width,
-             "TranslateY": 150.0 / 331.0 * height, "Rotate": 30.0}
+    spans = {
+        "ShearX": 0.3,
+        "ShearY": 0.3,
+        "TranslateX": 150.0 / 331.0 * width,
+        "TranslateY": 150.0 / 331.0 * height,
+        "Rotate": 30.0,
+    }
     if op in spans:
         return torch.linspace(0.0, spans[op], NUM_BINS)
     if op in SIGNED_OPS:  # Brightness, Color, Contrast, Sharpness
@@ -100,8 +119,12 @@ def _policy_tables(height: int, width: int) -> tuple[Tensor, Tensor, Tensor, Ten
     # float32 because torchvision compares a float32 draw with p (`probs[i] <= p`)
     probability = torch.tensor([s.probability for s in steps], dtype=torch.float32).view(-1, 2)
     magnitude = torch.tensor(
-        [0.0 if s.magnitude_bin is None else magnitude_bins(s.op, height, width)[s.magnitude_bin]
-         for s in steps], dtype=torch.float64).view(-1, 2)
+        [
+            0.0 if s.magnitude_bin is None else magnitude_bins(s.op, height, width)[s.magnitude_bin]
+            for s in steps
+        ],
+        dtype=torch.float64,
+    ).view(-1, 2)
     signed = torch.tensor([s.op in SIGNED_OPS for s in steps]).view(-1, 2)
     return op_index, probability, magnitude, signed
 
@@ -209,8 +232,12 @@ def _check_images(x: Tensor) -> None:
 # ---- geometric ops: torchvision's inverse affine matrix, affine grid and nearest sampling ----
 
 
-def _inverse_affine(angle: Tensor, translate: tuple[Tensor, Tensor], shear: tuple[Tensor, Tensor],
-                    center: tuple[float, float]) -> Tensor:
+def _inverse_affine(
+    angle: Tensor,
+    translate: tuple[Tensor, Tensor],
+    shear: tuple[Tensor, Tensor],
+    center: tuple[float, float],
+) -> Tensor:
     """(n, 6) float64 output->input matrices, same formula and op order as torchvision."""
     (tx, ty), (cx, cy) = translate, center
     rot, sx, sy = angle * _DEG_TO_RAD, shear[0] * _DEG_TO_RAD, shear[1] * _DEG_TO_RAD
@@ -244,8 +271,9 @@ def _warp(x: Tensor, matrix: Tensor, fill: float) -> Tensor:
     grid = xs * coef[..., 0, :] + ys * coef[..., 1, :] + coef[..., 2, :]  # (n, h, w, 2)
     # A ones channel marks pixels sampled from inside the image; the rest get the fill.
     stacked = torch.cat([x.float(), x.new_ones((n, 1, h, w), dtype=torch.float32)], dim=1)
-    sampled = F.grid_sample(stacked, grid, mode="nearest", padding_mode="zeros",
-                            align_corners=False)
+    sampled = F.grid_sample(
+        stacked, grid, mode="nearest", padding_mode="zeros", align_corners=False
+    )
     out = torch.where(sampled[:, -1:] < 0.5, fill, sampled[:, :-1])
     return out.round().to(torch.uint8)
 
@@ -294,8 +322,12 @@ def _color(x: Tensor, mag: Tensor) -> Tensor:
 
 
 def _contrast(x: Tensor, mag: Tensor) -> Tensor:
-    mean = _grayscale(x).to(torch.float32).mean(dim=(1, 2, 3), keepdim=True)
-    return _blend(x, mean, 1.0 + mag)
+    gray = _grayscale(x)
+    # torchvision's CPU mean sums in float32 (exact for integers up to 2**24, so for images up to
+    # 65,793 pixels) and then divides. An int64 sum and a division by a tensor (a CUDA division by
+    # a Python number multiplies by the reciprocal) give the same mean on every device.
+    total = gray.sum(dim=(1, 2, 3), keepdim=True, dtype=torch.int64).to(torch.float32)
+    return _blend(x, total / torch.full_like(total, gray[0].numel()), 1.0 + mag)
 
 
 def _sharpness(x: Tensor, mag: Tensor) -> Tensor:
@@ -309,7 +341,7 @@ def _sharpness(x: Tensor, mag: Tensor) -> Tensor:
     total = 4 * wide[:, :, 1:-1, 1:-1]
     for dy in range(3):
         for dx in range(3):
-            total = total + wide[:, :, dy:h - 2 + dy, dx:w - 2 + dx]
+            total = total + wide[:, :, dy : h - 2 + dy, dx : w - 2 + dx]
     blurred = x.clone()
     blurred[:, :, 1:-1, 1:-1] = ((2 * total + 13) // 26).to(torch.uint8)
     return _blend(x, blurred, 1.0 + mag)  # the border is blended too (it may round down by one)

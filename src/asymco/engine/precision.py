@@ -44,5 +44,4 @@ def resolve_execution(train: TrainConfig, device: torch.device) -> Execution:
         raise UserError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise UserError("this GPU has no bf16 support; use train.precision=fp16 or fp32")
-    channels_last = train.channels_last if train.channels_last is not None else cuda
-    return Execution(device, precision, channels_last)
+    return Execution(device, precision, train.channels_last)
