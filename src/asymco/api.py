@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -128,7 +129,8 @@ def _make_loader(
         "seed": cfg.train.seed,
     }
     if cfg.data.loader == "pil":
-        return PilLoader(data.images, data.noisy_label, workers=cfg.data.workers, **common)
+        workers = cfg.data.workers if cfg.data.workers is not None else min(4, os.cpu_count() or 1)
+        return PilLoader(data.images, data.noisy_label, workers=workers, **common)
     return ArrayLoader(data.images, data.noisy_label, **common)
 
 

@@ -50,8 +50,9 @@ class DataConfig:
     """`device`: images live on the training device, views are built there in batches (fast);
     `pil`: DataLoader workers with per-image torchvision/PIL transforms (the reference
     pipeline's structure, kept for comparison)."""
-    workers: int = 4
-    """DataLoader worker processes of the `pil` loader (the official code uses 4)."""
+    workers: int | None = None
+    """DataLoader worker processes of the `pil` loader; None = min(4, CPU cores) (the official
+    code uses 4)."""
     views: Literal["cifar", "digits"] = "cifar"
     """Weak/strong view recipe: `cifar` = crop(32, pad 4) + flip, strong adds the AutoAugment
     CIFAR-10 policy; `digits` = small shifts, strong adds a larger shift and a cutout."""
@@ -68,7 +69,7 @@ class DataConfig:
             "data.eval_batch_size",
             "must be positive",
         )
-        _check(self.workers >= 0, "data.workers", "must be >= 0")
+        _check(self.workers is None or self.workers >= 0, "data.workers", "must be >= 0")
         _check(0 < self.digits_test_fraction < 1, "data.digits_test_fraction", "must be in (0, 1)")
 
 
