@@ -20,7 +20,7 @@ METRIC_KEYS = {"epoch", "phase", "lr", "train_loss", "test_acc", "test_acc_ntm",
 SUMMARY_KEYS = {"preset", "method", "epochs", "test_acc_last10_mean", "test_acc_last10_std",
                 "test_acc_best", "best_epoch", "test_acc_final", "paper_test_acc",
                 "noise_rate_actual", "wall_seconds", "device", "versions"}
-TIMING_KEYS = {"epoch_seconds", "images_per_second"}
+TIMING_KEYS = {"epoch_seconds", "images_per_second", "eval_seconds"}
 
 
 def read_metrics(run: Path) -> list[dict]:
