@@ -28,7 +28,7 @@ from asymco.engine.lr import build_lr_plan
 from asymco.engine.precision import Execution, resolve_execution
 from asymco.engine.rundir import RunDir
 from asymco.errors import UserError
-from asymco.methods import METHODS, create_method
+from asymco.methods import METHODS, Method, create_method
 from asymco.models import MODELS, create_model
 from asymco.presets import get_preset
 
@@ -134,22 +134,7 @@ def _make_loader(
     return ArrayLoader(data.images, data.noisy_label, **common)
 
 
-def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:
-    """Train `cfg` into a run directory (new, or continued from its checkpoint with `resume`)."""
-    wall_start = time.perf_counter()
-    check_names(cfg)
-    run = RunDir.prepare(Path(out_dir) if out_dir else default_out_dir(cfg), resume=resume)
-    device = resolve_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
-    if cfg.train.warmup_epochs >= cfg.train.epochs:
-        logger.warning(
-            "train.warmup_epochs (%d) >= train.epochs (%d): every epoch is warmup",
-            cfg.train.warmup_epochs,
-            cfg.train.epochs,
-        )
-
+def _load_data(cfg: RunConfig) -> NoisyData:
     source = load_source(
         cfg.data.dataset,
         root=cfg.data.root,
@@ -168,7 +153,10 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         cfg.noise.rate,
         data.noise_rate_actual,
     )
+    return data
 
+
+def _build_method(cfg: RunConfig, data: NoisyData, exe: Execution) -> Method:
     channels = data.images.shape[-1]
     model_options = {"mlp_head": cfg.model.mlp_head} if cfg.model.name == "cnn7" else {}
     method = create_method(
@@ -179,13 +167,34 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         make_model=lambda: create_model(
             cfg.model.name, num_classes=data.num_classes, in_channels=channels, **model_options
         ),
-    ).to(device)
-    exe = resolve_execution(cfg.train, device)
-    method.to(memory_format=exe.memory_format())
+    )
+    method.to(exe.device, memory_format=exe.memory_format())
     if cfg.train.compile:  # wrap only the training forwards: state_dict keys stay plain
         method.fwd.update({name: torch.compile(net) for name, net in method.nets.items()})
-    if device.type == "cuda":
+    if exe.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    return method
+
+
+def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:
+    """Train `cfg` into a run directory (new, or continued from its checkpoint with `resume`)."""
+    wall_start = time.perf_counter()
+    check_names(cfg)
+    device = resolve_device(cfg.train.device)
+    exe = resolve_execution(cfg.train, device)
+    run = RunDir.prepare(Path(out_dir) if out_dir else default_out_dir(cfg), resume=resume)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    if cfg.train.warmup_epochs >= cfg.train.epochs:
+        logger.warning(
+            "train.warmup_epochs (%d) >= train.epochs (%d): every epoch is warmup",
+            cfg.train.warmup_epochs,
+            cfg.train.epochs,
+        )
+
+    data = _load_data(cfg)
+    method = _build_method(cfg, data, exe)
     optimizer = _optimizer(method.param_groups(), cfg)
     normalize = normalizer_for(data.images, cfg.data.normalize, device, exe.memory_format())
     loader = _make_loader(cfg, data, normalize, device)
