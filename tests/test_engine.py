@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from sklearn.metrics import roc_auc_score
 
 from asymco import api
 from asymco.cli import main
+from asymco.data.sources import load_digits
 from asymco.engine.rundir import RunDir
+from asymco.label_issues import read_label_issues
 
 METRIC_KEYS = {"epoch", "phase", "lr", "train_loss", "test_acc", "test_acc_ntm", "sel_precision",
                "sel_recall", "sel_f1", "sel_fraction", "mining_fraction", "epoch_seconds",
@@ -29,7 +32,7 @@ def read_metrics(run: Path) -> list[dict]:
 
 def assert_complete_run_dir(run: Path, epochs: int) -> tuple[list[dict], dict]:
     for name in ("config.yaml", "noisy_labels.npy", "metrics.jsonl", "summary.json",
-                 "checkpoint.pt"):
+                 "checkpoint.pt", "label_issues.csv"):
         assert (run / name).is_file(), name
     rows = read_metrics(run)
     assert [r["epoch"] for r in rows] == list(range(epochs))
@@ -66,6 +69,17 @@ def test_quickstart_act_beats_standard(tmp_path, capsys):
     assert std_rows[-1]["sel_precision"] is None and std_rows[-1]["test_acc_ntm"] is None
     assert act["noise_rate_actual"] == std["noise_rate_actual"] == pytest.approx(0.4, abs=0.03)
     assert act["test_acc_last10_mean"] > std["test_acc_last10_mean"] + 5
+    # label_issues.csv, read as a user would, separates the wrong labels from the right ones.
+    source = load_digits(seed=0, test_fraction=0.2)
+    rows = read_label_issues(tmp_path / "act" / "label_issues.csv")
+    index = np.array([int(r["index"]) for r in rows])
+    wrong = np.array([int(r["given_label"]) for r in rows]) != source.y_train[index]
+    flagged = np.array([r["is_label_issue"] == "True" for r in rows])
+    scores = np.array([float(r["label_score"]) for r in rows])
+    assert sorted(index.tolist()) == list(range(1437)) and (np.diff(scores) >= 0).all()
+    assert (flagged & wrong).sum() / flagged.sum() > 0.85  # precision
+    assert (flagged & wrong).sum() / wrong.sum() > 0.85  # recall
+    assert roc_auc_score(~wrong, scores) > 0.95
 
 
 def _short_config() -> api.RunConfig:

@@ -23,11 +23,13 @@ from asymco.data.pil_loader import PilLoader
 from asymco.data.sources import load_source
 from asymco.engine.checkpoint import load_checkpoint, save_checkpoint
 from asymco.engine.device import resolve_device, rng_state, seed_everything, set_rng_state
-from asymco.engine.loop import TestSet, fit
+from asymco.engine.evaluate import Batches, array_batches, predict_probs
+from asymco.engine.loop import fit
 from asymco.engine.lr import build_lr_plan
 from asymco.engine.precision import Execution, resolve_execution
 from asymco.engine.rundir import RunDir
 from asymco.errors import UserError
+from asymco.label_issues import label_quality, write_label_issues
 from asymco.methods import METHODS, Method, create_method
 from asymco.models import MODELS, create_model
 from asymco.presets import get_preset
@@ -199,11 +201,11 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
     normalize = normalizer_for(data.images, cfg.data.normalize, device, exe.memory_format())
     loader = _make_loader(cfg, data, normalize, device)
     eval_batch = cfg.data.eval_batch_size or (1024 if device.type == "cuda" else 128)
-    test = TestSet(
+    test = array_batches(
         to_device_images(data.test_images, device),
         torch.from_numpy(data.test_label).to(device),
-        eval_batch,
-        normalize,
+        batch_size=eval_batch,
+        normalize=normalize,
     )
     config = to_dict(cfg)
 
@@ -249,9 +251,45 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         on_epoch_end=checkpoint,
         progress=cfg.train.progress,
     )
+    train_batches = array_batches(
+        to_device_images(data.images, device),
+        torch.from_numpy(data.noisy_label).to(device),
+        batch_size=eval_batch,
+        normalize=normalize,
+    )
+    with exe.autocast():
+        _write_label_issues(run, method, data, train_batches, cfg, len(history))
     summary = summarize(cfg, history, data, exe=exe, wall_seconds=time.perf_counter() - wall_start)
     run.write_summary(summary)
     return RunResult(run.path, summary, history)
+
+
+def _write_label_issues(
+    run: RunDir, method: Method, data: NoisyData, batches: Batches, cfg: RunConfig, epochs: int
+) -> None:
+    """label_issues.csv from the reported net's predictions and the selection history."""
+    probs = predict_probs(method.eval_nets()[method.reported_net], batches).cpu().numpy()
+    warmup_done = min(cfg.train.warmup_epochs, epochs)
+    counts = method.select_counts()
+    selected_epochs = None
+    if counts is not None:  # warmup counts every sample as selected: keep robust epochs only
+        selected_epochs = (counts.cpu().numpy().astype(np.int64) - warmup_done).clip(min=0)
+    last = method.selected()
+    quality = label_quality(
+        data.noisy_label,
+        probs,
+        selected_epochs=selected_epochs,
+        robust_epochs=epochs - warmup_done,
+        last_selected=None if last is None else last.cpu().numpy(),
+    )
+    write_label_issues(
+        run.path / "label_issues.csv",
+        quality,
+        given_labels=data.noisy_label,
+        classes=data.classes,
+        selected_epochs=selected_epochs,
+        paths=data.paths,
+    )
 
 
 def summarize(

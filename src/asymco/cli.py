@@ -64,6 +64,22 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _issues(args: argparse.Namespace) -> int:
+    from asymco.label_issues import read_label_issues
+
+    rows = read_label_issues(Path(args.run_dir) / "label_issues.csv")
+    flagged = sum(row["is_label_issue"] == "True" for row in rows)
+    print(f"{flagged} of {len(rows)} training labels flagged as issues; most suspect first:")
+    print(f"{'index':>7}  {'given':<20} {'predicted':<20} {'score':>6}  issue  path")
+    for row in rows[: args.top]:
+        print(
+            f"{row['index']:>7}  {row['given_class'][:20]:<20} "
+            f"{row['predicted_class'][:20]:<20} {float(row['label_score']):6.3f}  "
+            f"{'yes' if row['is_label_issue'] == 'True' else 'no':<5}  {row['path']}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="asymco", description="Learning with noisy labels by Asymmetric Co-Training (ACT)."
@@ -87,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     train.set_defaults(func=_train)
+    issues = sub.add_parser("issues", help="print the most suspect labels of a run")
+    issues.add_argument("run_dir", help="a run directory holding label_issues.csv")
+    issues.add_argument("--top", type=int, default=20, help="how many rows (default 20)")
+    issues.set_defaults(func=_issues)
     presets = sub.add_parser("presets", help="list the presets, one line each")
     presets.set_defaults(func=_presets)
     return parser

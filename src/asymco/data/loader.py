@@ -87,10 +87,3 @@ class ArrayLoader:
             weak = self.normalize(self.weak_fn(raw, self.generator))
             strong_view = self.normalize(self.strong_fn(raw, self.generator)) if strong else None
             yield Batch(index, weak, strong_view, self.labels[index])
-
-
-def test_batches(
-    images: Tensor, labels: Tensor, batch_size: int, normalize: Normalizer
-) -> Iterator[tuple[Tensor, Tensor]]:
-    for start in range(0, len(labels), batch_size):
-        yield normalize(images[start : start + batch_size]), labels[start : start + batch_size]

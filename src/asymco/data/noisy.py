@@ -38,6 +38,8 @@ class NoisyData:
     noise_rate_actual: float
     """Share of the full training set whose observed label differs from the true one."""
     origin: str
+    paths: np.ndarray | None = None
+    """(N,) image file paths of the training samples, for data read from files."""
 
 
 def apply_noise(source: Source, data: DataConfig, noise: NoiseConfig) -> NoisyData:

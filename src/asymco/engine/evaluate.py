@@ -3,25 +3,52 @@ selection: methods never see true labels."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import torch
 from torch import Tensor, nn
 
 from asymco.augment import Normalizer
 
+Batches = Callable[[], Iterator[tuple[Tensor, Tensor]]]
+"""A re-iterable source of (normalised images (B, C, H, W), labels (B,)) on the device."""
+
+
+def array_batches(
+    images: Tensor, labels: Tensor, *, batch_size: int, normalize: Normalizer
+) -> Batches:
+    """Un-augmented batches of uint8 (N, C, H, W) device images, in order."""
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, len(labels), batch_size):
+            stop = start + batch_size
+            yield normalize(images[start:stop]), labels[start:stop]
+
+    return batches
+
 
 @torch.inference_mode()
-def accuracy(
-    net: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int, normalize: Normalizer
-) -> float:
-    """Top-1 accuracy in percent of `net` in eval mode on uint8 (N, C, H, W) images."""
+def predict_probs(net: nn.Module, batches: Batches) -> Tensor:
+    """(N, K) float32 softmax of `net` in eval mode over `batches`, in order."""
     was_training = net.training
     net.eval()
-    correct = torch.zeros((), dtype=torch.long, device=labels.device)
-    for start in range(0, len(labels), batch_size):
-        logits = net(normalize(images[start : start + batch_size]))
-        correct += (logits.argmax(1) == labels[start : start + batch_size]).sum()
+    probs = [torch.softmax(net(x).float(), dim=1) for x, _ in batches()]
     net.train(was_training)
-    return 100.0 * correct.item() / len(labels)
+    return torch.cat(probs)
+
+
+@torch.inference_mode()
+def accuracy(net: nn.Module, batches: Batches) -> float:
+    """Top-1 accuracy in percent of `net` in eval mode."""
+    was_training = net.training
+    net.eval()
+    hits, total = [], 0
+    for x, y in batches():
+        hits.append((net(x).argmax(1) == y).sum())
+        total += len(y)
+    net.train(was_training)
+    correct = int(torch.stack(hits).sum()) if hits else 0  # one device read per evaluation
+    return 100.0 * correct / max(total, 1)
 
 
 def selection_scores(selected: Tensor, is_clean: Tensor) -> dict[str, float | None]:

@@ -10,16 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from asymco.augment import Normalizer
 from asymco.data.loader import ArrayLoader
 from asymco.data.pil_loader import PilLoader
-from asymco.engine.evaluate import accuracy, selection_scores
+from asymco.engine.evaluate import Batches, accuracy, selection_scores
 from asymco.engine.precision import Execution
 from asymco.errors import UserError
 from asymco.methods.base import Method
@@ -28,19 +26,11 @@ logger = logging.getLogger(__name__)
 Loader = ArrayLoader | PilLoader
 
 
-@dataclass
-class TestSet:
-    images: Tensor  # (N, C, H, W) uint8 on the device
-    labels: Tensor  # (N,) int64
-    batch_size: int
-    normalize: Normalizer
-
-
 def fit(
     method: Method,
     optimizer: torch.optim.Optimizer,
     loader: Loader,
-    test: TestSet,
+    test: Batches,
     *,
     exe: Execution,
     plans: dict[str, list[float]],
@@ -125,7 +115,7 @@ def run_epoch(
 def _epoch_row(
     method: Method,
     sums: dict[str, Tensor],
-    test: TestSet,
+    test: Batches,
     is_clean: Tensor,
     optimizer: torch.optim.Optimizer,
     exe: Execution,
@@ -136,12 +126,7 @@ def _epoch_row(
     means = {k: round(float(v) / batches, 6) for k, v in sums.items()}  # one sync per figure
     lrs = {g["net"]: g["lr"] for g in optimizer.param_groups}
     with exe.autocast():
-        accs = {
-            name: accuracy(
-                net, test.images, test.labels, batch_size=test.batch_size, normalize=test.normalize
-            )
-            for name, net in method.eval_nets().items()
-        }
+        accs = {name: accuracy(net, test) for name, net in method.eval_nets().items()}
     selected = method.selected()
     scores = (
         selection_scores(selected, is_clean)

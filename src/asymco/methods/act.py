@@ -75,6 +75,9 @@ class ACT(Method):
     def selected(self) -> Tensor:
         return self.is_selected
 
+    def select_counts(self) -> Tensor:
+        return self.select_count
+
     def _ce(self, logits: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(
             logits, target, reduction="none", label_smoothing=self.cfg.label_smoothing

@@ -82,6 +82,11 @@ class Method(nn.Module):
     def predict(self, x: Tensor) -> Tensor:
         return self.nets[self.reported_net](x)
 
+    def select_counts(self) -> Tensor | None:
+        """(N,) int: in how many epochs so far each sample counted as clean (warmup included),
+        or None if the method does not select."""
+        return None
+
     def selected(self) -> Tensor | None:
         """(N,) bool: the samples this epoch treated as clean, or None if it does not select."""
         return None

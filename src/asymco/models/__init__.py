@@ -5,11 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from asymco.models.cnn import CNN7, DigitsCNN
+from asymco.models.resnet import ResNet50
 from asymco.registry import Registry
 
 MODELS = Registry("model")
 MODELS.register("cnn7")(CNN7)
 MODELS.register("digits_cnn")(DigitsCNN)
+MODELS.register("resnet50")(ResNet50)
 
 
 def create_model(name: str, *, num_classes: int, in_channels: int = 3, **options) -> nn.Module:
@@ -21,4 +23,4 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
-__all__ = ["CNN7", "MODELS", "DigitsCNN", "create_model", "list_models"]
+__all__ = ["CNN7", "MODELS", "DigitsCNN", "ResNet50", "create_model", "list_models"]

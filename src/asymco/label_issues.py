@@ -1,0 +1,130 @@
+"""Which training labels are probably wrong: ACT's answer from one training run.
+
+ACT decides every epoch which samples it trusts (the selection). A sample whose label is wrong
+is rarely selected, and the robust model (RTM) rarely predicts its given label. The per-sample
+table combines both signals; column names follow cleanlab's (`given_label`, `predicted_label`,
+`label_score`, `is_label_issue`) so its users can read it without a manual.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from asymco.engine.files import write_text_atomic
+from asymco.errors import UserError
+
+COLUMNS = (
+    "index",
+    "path",
+    "given_label",
+    "given_class",
+    "predicted_label",
+    "predicted_class",
+    "label_score",
+    "is_label_issue",
+    "selected_epochs",
+    "selected_share",
+    "given_label_prob",
+)
+
+
+def label_quality(
+    given_labels: np.ndarray,
+    pred_probs: np.ndarray,
+    *,
+    selected_epochs: np.ndarray | None = None,
+    robust_epochs: int = 0,
+    last_selected: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-sample label quality from the RTM's predictions and ACT's selection history.
+
+    Args:
+        given_labels: (N,) observed labels.
+        pred_probs: (N, K) the reported net's softmax on the un-augmented training images.
+        selected_epochs: (N,) number of robust epochs in which each sample was selected, or
+            None for a method without selection.
+        robust_epochs: how many robust epochs ran.
+        last_selected: (N,) bool selection of the last epoch (None: no selection).
+
+    Returns:
+        Columns `predicted_label`, `given_label_prob`, `selected_share`, `label_score` (in
+        [0, 1], higher = more likely correct: the mean of the selected share and the given
+        label's probability, or the probability alone without a selection history) and
+        `is_label_issue` (not selected in the last robust epoch; without one, the prediction
+        disagrees with the given label).
+    """
+    given = np.asarray(given_labels, dtype=np.int64)
+    probs = np.asarray(pred_probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != given.shape[0]:
+        raise UserError(f"pred_probs must have shape ({given.shape[0]}, K), got {probs.shape}")
+    predicted = probs.argmax(1)
+    given_prob = probs[np.arange(len(given)), given]
+    if selected_epochs is not None and robust_epochs > 0:
+        share = np.clip(np.asarray(selected_epochs, dtype=np.float64) / robust_epochs, 0, 1)
+        score = 0.5 * (share + given_prob)
+        issue = ~np.asarray(last_selected, dtype=bool)
+    else:
+        share = np.full(len(given), np.nan)
+        score = given_prob
+        issue = predicted != given
+    return {
+        "predicted_label": predicted,
+        "given_label_prob": given_prob,
+        "selected_share": share,
+        "label_score": score,
+        "is_label_issue": issue,
+    }
+
+
+def rank_label_issues(label_score: np.ndarray) -> np.ndarray:
+    """Sample indices from most to least suspect (lowest score first; ties by index)."""
+    return np.lexsort((np.arange(len(label_score)), label_score))
+
+
+def write_label_issues(
+    path: Path,
+    quality: dict[str, np.ndarray],
+    *,
+    given_labels: np.ndarray,
+    classes: list[str],
+    selected_epochs: np.ndarray | None,
+    paths: np.ndarray | None = None,
+) -> None:
+    """Write `label_issues.csv`: one row per training sample, most suspect first."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for i in rank_label_issues(quality["label_score"]):
+        given, predicted = int(given_labels[i]), int(quality["predicted_label"][i])
+        share = quality["selected_share"][i]
+        writer.writerow(
+            [
+                int(i),
+                "" if paths is None else str(paths[i]),
+                given,
+                classes[given],
+                predicted,
+                classes[predicted],
+                f"{quality['label_score'][i]:.6f}",
+                bool(quality["is_label_issue"][i]),
+                "" if selected_epochs is None else int(selected_epochs[i]),
+                "" if np.isnan(share) else f"{share:.6f}",
+                f"{quality['given_label_prob'][i]:.6f}",
+            ]
+        )
+    write_text_atomic(path, buffer.getvalue())
+
+
+def read_label_issues(path: Path) -> list[dict[str, str]]:
+    """The rows of a run directory's `label_issues.csv`, most suspect first."""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; is this an asymco run directory?")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and set(COLUMNS) - set(rows[0]):
+        raise UserError(f"{path} lacks the columns {sorted(set(COLUMNS) - set(rows[0]))}")
+    return rows
