@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from asymco import __version__
-from asymco.augment import Normalizer
+from asymco.augment import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from asymco.config import RunConfig, apply_overrides, from_dict, to_dict
+from asymco.data.datasets import FILE_DATASETS, load_dataset
+from asymco.data.folders import FolderLoader, folder_test_batches
 from asymco.data.loader import ArrayLoader, normalizer_for, to_device_images
 from asymco.data.noisy import NoisyData, apply_noise
 from asymco.data.pil_loader import PilLoader
-from asymco.data.sources import load_source
 from asymco.engine.checkpoint import load_checkpoint, save_checkpoint
 from asymco.engine.device import resolve_device, rng_state, seed_everything, set_rng_state
 from asymco.engine.evaluate import Batches, array_batches, predict_probs
@@ -64,12 +65,15 @@ def check_names(cfg: RunConfig) -> None:
     before any data is loaded."""
     METHODS.get(cfg.method.name)
     MODELS.get(cfg.model.name)
-    image_nets = {"cnn7": ("cifar10", "cifar100"), "digits_cnn": ("digits",)}
-    allowed = image_nets.get(cfg.model.name)
-    if allowed and cfg.data.dataset not in allowed:
+    d, model = cfg.data, cfg.model.name
+    if model == "digits_cnn" and d.dataset not in ("digits", "npz"):
+        raise UserError("model.name=digits_cnn reads 8x8 images: use it with digits or an npz")
+    if model != "digits_cnn" and d.dataset == "digits":
+        raise UserError(f"model.name={model} does not fit 8x8 digits; use digits_cnn")
+    if model == "cnn7" and d.dataset in FILE_DATASETS and d.image_size != 32:
         raise UserError(
-            f"model.name={cfg.model.name} does not fit data.dataset="
-            f"{cfg.data.dataset}; use it with {' or '.join(allowed)}"
+            f"model.name=cnn7 needs 32x32 inputs but data.image_size is "
+            f"{d.image_size}; set data.image_size=32 or use resnet50"
         )
 
 
@@ -120,54 +124,101 @@ def _optimizer(groups: list[dict], cfg: RunConfig) -> torch.optim.Optimizer:
     )
 
 
-def _make_loader(
-    cfg: RunConfig, data: NoisyData, normalize: Normalizer, device: torch.device
-) -> ArrayLoader | PilLoader:
-    common = {
-        "batch_size": cfg.data.batch_size,
-        "views": cfg.data.views,
-        "normalize": normalize,
-        "device": device,
-        "seed": cfg.train.seed,
-    }
-    if cfg.data.loader == "pil":
-        workers = cfg.data.workers if cfg.data.workers is not None else min(4, os.cpu_count() or 1)
-        return PilLoader(data.images, data.noisy_label, workers=workers, **common)
-    return ArrayLoader(data.images, data.noisy_label, **common)
+@dataclass(frozen=True)
+class _Pipeline:
+    loader: ArrayLoader | PilLoader | FolderLoader
+    test: Batches
+    train_eval: Batches
+    """The training images without augmentation, in order (for label_issues.csv)."""
+
+
+def _pipeline(cfg: RunConfig, data: NoisyData, exe: Execution) -> _Pipeline:
+    """Training loader and evaluation batches: arrays on the device, or image files."""
+    d, device = cfg.data, exe.device
+    eval_batch = d.eval_batch_size or (1024 if device.type == "cuda" else 128)
+    common = {"batch_size": d.batch_size, "device": device, "seed": cfg.train.seed}
+    if data.paths is not None:
+        normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, exe.memory_format())
+        size = {"size": d.image_size, "resize": d.resize or d.image_size}
+        files = {
+            "batch_size": eval_batch,
+            "workers": _workers(cfg),
+            "normalize": normalize,
+            "device": device,
+            **size,
+        }
+        return _Pipeline(
+            FolderLoader(
+                data.paths,
+                data.noisy_label,
+                normalize=normalize,
+                workers=_workers(cfg),
+                **size,
+                **common,
+            ),
+            folder_test_batches(data.test_images, data.test_label, **files),
+            folder_test_batches(data.paths, data.noisy_label, **files),
+        )
+    normalize = normalizer_for(data.images, d.normalize, device, exe.memory_format())
+    common.update(views=d.views, normalize=normalize)
+    if d.loader == "pil":
+        loader = PilLoader(data.images, data.noisy_label, workers=_workers(cfg), **common)
+    else:
+        loader = ArrayLoader(data.images, data.noisy_label, **common)
+
+    def on_device(images: np.ndarray, labels: np.ndarray) -> Batches:
+        return array_batches(
+            to_device_images(images, device),
+            torch.from_numpy(labels).to(device),
+            batch_size=eval_batch,
+            normalize=normalize,
+        )
+
+    return _Pipeline(
+        loader,
+        on_device(data.test_images, data.test_label),
+        on_device(data.images, data.noisy_label),
+    )
 
 
 def _load_data(cfg: RunConfig) -> NoisyData:
-    source = load_source(
-        cfg.data.dataset,
-        root=cfg.data.root,
-        download=cfg.data.download,
-        seed=cfg.data.subset_seed,
-        test_fraction=cfg.data.digits_test_fraction,
-    )
+    source = load_dataset(cfg.data, workers=_workers(cfg))
     data = apply_noise(source, cfg.data, cfg.noise)
+    rate = "unknown" if data.noise_rate_actual is None else f"{data.noise_rate_actual:.5f}"
     logger.info(
-        "data: %s | %d train / %d test images, %d classes, noise %s@%g (actual %.5f)",
+        "data: %s | %d train / %d test images, %d classes, noise %s (actual rate %s)",
         data.origin,
         len(data.noisy_label),
         len(data.test_label),
         data.num_classes,
-        cfg.noise.kind,
-        cfg.noise.rate,
-        data.noise_rate_actual,
+        cfg.noise.kind
+        if cfg.noise.kind in ("none", "human")
+        else f"{cfg.noise.kind}@{cfg.noise.rate:g}",
+        rate,
     )
     return data
 
 
+def _workers(cfg: RunConfig) -> int:
+    return cfg.data.workers if cfg.data.workers is not None else min(4, os.cpu_count() or 1)
+
+
 def _build_method(cfg: RunConfig, data: NoisyData, exe: Execution) -> Method:
-    channels = data.images.shape[-1]
-    model_options = {"mlp_head": cfg.model.mlp_head} if cfg.model.name == "cnn7" else {}
+    channels = 3 if data.paths is not None else data.images.shape[-1]
+    model_options = {
+        "cnn7": {"mlp_head": cfg.model.mlp_head},
+        "resnet50": {"pretrained": cfg.model.pretrained, "weights": cfg.model.weights},
+    }.get(cfg.model.name, {})
+    outputs = cfg.model.num_outputs or data.num_classes
+    if outputs < data.num_classes:
+        raise UserError(f"model.num_outputs={outputs} is below the {data.num_classes} classes")
     method = create_method(
         cfg.method.name,
         cfg.method,
         num_classes=data.num_classes,
         observed_labels=torch.from_numpy(data.noisy_label),
         make_model=lambda: create_model(
-            cfg.model.name, num_classes=data.num_classes, in_channels=channels, **model_options
+            cfg.model.name, num_classes=outputs, in_channels=channels, **model_options
         ),
     )
     method.to(exe.device, memory_format=exe.memory_format())
@@ -198,15 +249,8 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
     data = _load_data(cfg)
     method = _build_method(cfg, data, exe)
     optimizer = _optimizer(method.param_groups(), cfg)
-    normalize = normalizer_for(data.images, cfg.data.normalize, device, exe.memory_format())
-    loader = _make_loader(cfg, data, normalize, device)
-    eval_batch = cfg.data.eval_batch_size or (1024 if device.type == "cuda" else 128)
-    test = array_batches(
-        to_device_images(data.test_images, device),
-        torch.from_numpy(data.test_label).to(device),
-        batch_size=eval_batch,
-        normalize=normalize,
-    )
+    pipe = _pipeline(cfg, data, exe)
+    loader = pipe.loader
     config = to_dict(cfg)
 
     history: list[dict] = []
@@ -241,24 +285,18 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         method,
         optimizer,
         loader,
-        test,
+        pipe.test,
         exe=exe,
         plans=_lr_plans(cfg),
         epochs=cfg.train.epochs,
         warmup_epochs=cfg.train.warmup_epochs,
-        is_clean=torch.from_numpy(data.is_clean),
+        is_clean=None if data.is_clean is None else torch.from_numpy(data.is_clean),
         history=history,
         on_epoch_end=checkpoint,
         progress=cfg.train.progress,
     )
-    train_batches = array_batches(
-        to_device_images(data.images, device),
-        torch.from_numpy(data.noisy_label).to(device),
-        batch_size=eval_batch,
-        normalize=normalize,
-    )
     with exe.autocast():
-        _write_label_issues(run, method, data, train_batches, cfg, len(history))
+        _write_label_issues(run, method, data, pipe.train_eval, cfg, len(history))
     summary = summarize(cfg, history, data, exe=exe, wall_seconds=time.perf_counter() - wall_start)
     run.write_summary(summary)
     return RunResult(run.path, summary, history)
@@ -318,7 +356,9 @@ def summarize(
         "paper_test_acc": cfg.paper_test_acc,
         "sel_precision_final": final.get("sel_precision"),
         "sel_recall_final": final.get("sel_recall"),
-        "noise_rate_actual": round(data.noise_rate_actual, 6),
+        "noise_rate_actual": (
+            None if data.noise_rate_actual is None else round(data.noise_rate_actual, 6)
+        ),
         "num_train": len(data.noisy_label),
         "num_test": len(data.test_label),
         "num_classes": data.num_classes,

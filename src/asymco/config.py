@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from asymco.errors import UserError
 
-NoiseKind = Literal["none", "symmetric", "asymmetric"]
+NoiseKind = Literal["none", "symmetric", "asymmetric", "human"]
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -26,11 +26,27 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    dataset: Literal["cifar10", "cifar100", "digits"] = "cifar100"
-    """Image source. CIFAR comes from an .npz, a torchvision folder or torchvision's download."""
+    dataset: Literal["cifar10", "cifar100", "digits", "folder", "csv", "npz", "web", "food101n"] = (
+        "cifar100"
+    )
+    """Image source. CIFAR comes from an .npz, a torchvision folder or torchvision's download;
+    `folder` (root/<class>/<image>), `csv` (path,label) and `npz` (x_train, y_train) are your
+    own data; `web` (root/train, root/val) and `food101n` are the paper's real-noise sets."""
     root: str | None = None
     """Where the data is: an .npz file, a folder holding `<dataset>.npz` or torchvision's CIFAR
-    folder, or the download cache. None means `$ASYMCO_DATA` or `~/.cache/asymco`."""
+    folder, or the download cache (None = `$ASYMCO_DATA` or `~/.cache/asymco`); the folder, CSV
+    file or .npz file of your own data; the web set's or Food-101N's root."""
+    test_root: str | None = None
+    """Test split of your own data (same kind as `root`), or Food-101's root for food101n
+    (None: `<root>/food-101`). Without one, own data is split with `holdout_fraction`."""
+    holdout_fraction: float = 0.2
+    """Share of your own data held out (seeded by `subset_seed`) when there is no test split."""
+    image_size: int = 32
+    """Crop side for image files (the paper: 448 web, 224 Food-101N)."""
+    resize: int | None = None
+    """Shorter-side resize before cropping image files; None = image_size (448 web, 256 Food)."""
+    on_bad_image: Literal["skip", "stop"] = "skip"
+    """An unreadable image file: skip it with a warning naming it, or stop with its path."""
     download: bool = True
     """Let torchvision download CIFAR into `root` when it is not there yet."""
     subset: int | None = None
@@ -71,6 +87,9 @@ class DataConfig:
         )
         _check(self.workers is None or self.workers >= 0, "data.workers", "must be >= 0")
         _check(0 < self.digits_test_fraction < 1, "data.digits_test_fraction", "must be in (0, 1)")
+        _check(0 < self.holdout_fraction < 1, "data.holdout_fraction", "must be in (0, 1)")
+        _check(self.image_size > 0, "data.image_size", "must be positive")
+        _check(self.resize is None or self.resize > 0, "data.resize", "must be positive")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +105,12 @@ class NoiseConfig:
     seed: int = 0
     """numpy RandomState seed of the noise draw; the official protocol uses 0 for every run and
     keeps it independent of the training seed."""
+    labels_file: str | None = None
+    """`human` noise: the CIFAR-N label file (`CIFAR-100_human.pt`, `CIFAR-10_human.pt` or an
+    .npz with the same arrays); None = look in the data root."""
+    label_set: str = "noisy_label"
+    """`human` noise: which human labels (`noisy_label` for CIFAR-100N; `aggre`, `random1`,
+    `random2`, `random3`, `worst` for CIFAR-10N)."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.rate < 1.0, "noise.rate", f"must be in [0, 1), got {self.rate}")
@@ -99,6 +124,16 @@ class ModelConfig:
     """`cnn7`: the paper's CIFAR CNN (6 conv + MLP head, act-spec B.1); `digits_cnn` for digits."""
     mlp_head: bool = True
     """cnn7 only: ACT's 2-layer MLP head (faithful); false = Jo-SRC's single Linear(256, K)."""
+    pretrained: bool = True
+    """resnet50 only: start from torchvision's ImageNet IMAGENET1K_V1 weights (downloaded)."""
+    weights: str | None = None
+    """resnet50 only: a local file with those weights (for machines without a network)."""
+    num_outputs: int | None = None
+    """Logits of the nets; None = the number of classes. The official Food-101N code uses 200
+    for its 101 classes (act-spec C.3): set 200 to reproduce that quirk."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_outputs is None or self.num_outputs > 1, "model.num_outputs", "must be > 1")
 
 
 @dataclass(frozen=True, kw_only=True)

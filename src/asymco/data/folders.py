@@ -98,13 +98,17 @@ def scan_image_folder(root: Path) -> FolderSplit:
     """
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"image folder {root} does not exist or is not a folder; pass a folder "
-                        "laid out as <root>/<class>/<image>")
+        raise UserError(
+            f"image folder {root} does not exist or is not a folder; pass a folder "
+            "laid out as <root>/<class>/<image>"
+        )
     with os.scandir(root) as entries:
         folders = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
     if not folders:
-        raise UserError(f"image folder {root} has no class sub-folders; put the images of each "
-                        "class in their own folder, <root>/<class>/<image>")
+        raise UserError(
+            f"image folder {root} has no class sub-folders; put the images of each "
+            "class in their own folder, <root>/<class>/<image>"
+        )
     paths: list[str] = []
     labels: list[int] = []
     classes: list[str] = []
@@ -112,8 +116,9 @@ def scan_image_folder(root: Path) -> FolderSplit:
         found = []
         for parent, dirs, files in os.walk(root / name, followlinks=True):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
-            found += [os.path.join(parent, f) for f in files if not f.startswith(".") and
-                      _is_image(f)]
+            found += [
+                os.path.join(parent, f) for f in files if not f.startswith(".") and _is_image(f)
+            ]
         if not found:
             logger.warning("skipping class folder %s: it holds no images", root / name)
             continue
@@ -121,8 +126,10 @@ def scan_image_folder(root: Path) -> FolderSplit:
         labels += [len(classes)] * len(found)
         classes.append(name)
     if not classes:
-        raise UserError(f"image folder {root} holds no images with extensions "
-                        f"{', '.join(IMG_EXTENSIONS)}; add images under <root>/<class>/")
+        raise UserError(
+            f"image folder {root} holds no images with extensions "
+            f"{', '.join(IMG_EXTENSIONS)}; add images under <root>/<class>/"
+        )
     return FolderSplit(np.array(paths, dtype=np.str_), np.array(labels), classes)
 
 
@@ -130,9 +137,11 @@ def _same_classes(train: list[str], other: list[str], what: str) -> None:
     if train != other:
         missing = sorted(set(train) - set(other))
         extra = sorted(set(other) - set(train))
-        raise UserError(f"the {what} classes differ from the training classes (missing: "
-                        f"{_examples(missing) or 'none'}; extra: {_examples(extra) or 'none'}); "
-                        "both splits need the same class folders")
+        raise UserError(
+            f"the {what} classes differ from the training classes (missing: "
+            f"{_examples(missing) or 'none'}; extra: {_examples(extra) or 'none'}); "
+            "both splits need the same class folders"
+        )
 
 
 def check_split(split: FolderSplit, *, name: str) -> None:
@@ -140,8 +149,10 @@ def check_split(split: FolderSplit, *, name: str) -> None:
     if len(split) == 0:
         raise UserError(f"the {name} split has no images; check the dataset path and layout")
     if len(split.classes) < 2:
-        raise UserError(f"the {name} split has {len(split.classes)} class "
-                        f"({_examples(split.classes)}); a classifier needs at least 2 classes")
+        raise UserError(
+            f"the {name} split has {len(split.classes)} class "
+            f"({_examples(split.classes)}); a classifier needs at least 2 classes"
+        )
     if split.labels.min() < 0 or split.labels.max() >= len(split.classes):
         raise ValueError(f"{name} labels fall outside 0..{len(split.classes) - 1}")
 
@@ -155,8 +166,10 @@ def web_dataset(root: Path) -> tuple[FolderSplit, FolderSplit]:
     root = Path(root)
     for part in ("train", "val"):
         if not (root / part).is_dir():
-            raise UserError(f"{root / part} does not exist; a web dataset needs "
-                            "<root>/train/<class>/<image> and <root>/val/<class>/<image>")
+            raise UserError(
+                f"{root / part} does not exist; a web dataset needs "
+                "<root>/train/<class>/<image> and <root>/val/<class>/<image>"
+            )
     train, val = scan_image_folder(root / "train"), scan_image_folder(root / "val")
     _same_classes(train.classes, val.classes, f"validation ({root / 'val'})")
     check_split(train, name="train")
@@ -176,33 +189,44 @@ def _read_classes(file: Path, num_classes: int | None) -> list[str]:
         lines = lines[1:]
     classes = sorted(lines)
     if num_classes is not None and len(classes) != num_classes:
-        raise UserError(f"{file} lists {len(classes)} classes but {num_classes} are expected; "
-                        "check that it is the right dataset's classes.txt")
+        raise UserError(
+            f"{file} lists {len(classes)} classes but {num_classes} are expected; "
+            "check that it is the right dataset's classes.txt"
+        )
     return classes
 
 
-def _labelled(lines: list[str], classes: list[str], images: Path, suffix: str,
-              source: Path) -> FolderSplit:
+def _labelled(
+    lines: list[str], classes: list[str], images: Path, suffix: str, source: Path
+) -> FolderSplit:
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({line.split("/")[0] for line in lines} - index.keys())
     if unknown:
-        raise UserError(f"{source} names classes that are not in classes.txt "
-                        f"({_examples(unknown)}); use the meta files of one dataset version")
+        raise UserError(
+            f"{source} names classes that are not in classes.txt "
+            f"({_examples(unknown)}); use the meta files of one dataset version"
+        )
     paths = [os.path.abspath(images / (line + suffix)) for line in lines]
     _require_files(paths, f"{{n}} image file(s) listed in {source} do not exist under {images}")
-    return FolderSplit(np.array(paths, dtype=np.str_),
-                       np.array([index[line.split("/")[0]] for line in lines]), classes)
+    return FolderSplit(
+        np.array(paths, dtype=np.str_),
+        np.array([index[line.split("/")[0]] for line in lines]),
+        classes,
+    )
 
 
 def _require_files(paths: list[str], message: str) -> None:
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise UserError(message.format(n=len(missing)) + f" (e.g. {_examples(missing)}); "
-                        "restore the files or remove their entries")
+        raise UserError(
+            message.format(n=len(missing)) + f" (e.g. {_examples(missing)}); "
+            "restore the files or remove their entries"
+        )
 
 
-def food101n(root: Path, test_root: Path | None = None, *,
-             num_classes: int | None = 101) -> tuple[FolderSplit, FolderSplit]:
+def food101n(
+    root: Path, test_root: Path | None = None, *, num_classes: int | None = 101
+) -> tuple[FolderSplit, FolderSplit]:
     """Food-101N for training and the clean Food-101 test split (act-spec C.3).
 
     Args:
@@ -247,30 +271,40 @@ def csv_dataset(csv_file: Path) -> FolderSplit:
     with open(csv_file, newline="", encoding="utf-8-sig") as f:  # -sig: Excel writes a BOM
         rows = list(csv.reader(f))
     if not rows:
-        raise UserError(f"CSV file {csv_file} is empty; give a header path,label and one row "
-                        "per image")
+        raise UserError(
+            f"CSV file {csv_file} is empty; give a header path,label and one row per image"
+        )
     header = [h.strip().lower() for h in rows[0]]
     if "path" not in header or "label" not in header:
-        raise UserError(f"CSV file {csv_file} has columns {rows[0]} but needs a header with "
-                        "columns path and label")
+        raise UserError(
+            f"CSV file {csv_file} has columns {rows[0]} but needs a header with "
+            "columns path and label"
+        )
     at_path, at_label = header.index("path"), header.index("label")
     rows = [r for r in rows[1:] if any(cell.strip() for cell in r)]
     if not rows:
         raise UserError(f"CSV file {csv_file} has a header but no rows; add one row per image")
     names, paths = [], []
     for line, row in enumerate(rows, start=2):
-        if len(row) <= max(at_path, at_label) or not row[at_path].strip() or \
-                not row[at_label].strip():
+        if (
+            len(row) <= max(at_path, at_label)
+            or not row[at_path].strip()
+            or not row[at_label].strip()
+        ):
             raise UserError(f"row {line} of {csv_file} lacks a path or a label; fill in both")
         names.append(row[at_label].strip())
         paths.append(os.path.abspath(csv_file.parent / row[at_path].strip()))
-    _require_files(paths, f"{{n}} of the {len(paths)} image file(s) in {csv_file} do not exist "
-                   f"(relative paths start at {csv_file.parent.resolve()})")
+    _require_files(
+        paths,
+        f"{{n}} of the {len(paths)} image file(s) in {csv_file} do not exist "
+        f"(relative paths start at {csv_file.parent.resolve()})",
+    )
     if all(re.fullmatch(r"[+-]?\d+", n) for n in names):
         labels = np.array([int(n) for n in names], dtype=np.int64)
         if labels.min() < 0:
-            raise UserError(f"CSV file {csv_file} has negative labels; use class ids 0, 1, ... "
-                            "or class names")
+            raise UserError(
+                f"CSV file {csv_file} has negative labels; use class ids 0, 1, ... or class names"
+            )
         classes = [str(i) for i in range(int(labels.max()) + 1)]
     else:
         classes = sorted(set(names))
@@ -293,9 +327,14 @@ def _problem(path: str, decode: bool) -> str | None:
     return None
 
 
-def verify_images(paths: Sequence[str] | np.ndarray, *, workers: int = 0,
-                  on_bad_image: OnBadImage = "skip", truncated_ok: bool = True,
-                  decode: bool = True) -> np.ndarray:
+def verify_images(
+    paths: Sequence[str] | np.ndarray,
+    *,
+    workers: int = 0,
+    on_bad_image: OnBadImage = "skip",
+    truncated_ok: bool = True,
+    decode: bool = True,
+) -> np.ndarray:
     """Open (and with `decode`, decode) every image once, before training.
 
     Args:
@@ -329,8 +368,10 @@ def verify_images(paths: Sequence[str] | np.ndarray, *, workers: int = 0,
         for found in pool.map(check, chunks) if pool else map(check, chunks):
             for i, why in found:
                 if on_bad_image == "stop":
-                    raise UserError(f"cannot read image {paths[i]} ({why}); repair or delete it, "
-                                    "or set on_bad_image to 'skip' to leave unreadable images out")
+                    raise UserError(
+                        f"cannot read image {paths[i]} ({why}); repair or delete it, "
+                        "or set on_bad_image to 'skip' to leave unreadable images out"
+                    )
                 logger.warning("leaving out unreadable image %s (%s)", paths[i], why)
                 bad[i] = True
     finally:
@@ -341,15 +382,26 @@ def verify_images(paths: Sequence[str] | np.ndarray, *, workers: int = 0,
     return bad
 
 
-def keep_good_images(split: FolderSplit, *, name: str, workers: int = 0,
-                     on_bad_image: OnBadImage = "skip", truncated_ok: bool = True,
-                     decode: bool = True) -> FolderSplit:
+def keep_good_images(
+    split: FolderSplit,
+    *,
+    name: str,
+    workers: int = 0,
+    on_bad_image: OnBadImage = "skip",
+    truncated_ok: bool = True,
+    decode: bool = True,
+) -> FolderSplit:
     """`split` without the images `verify_images` cannot read (same arguments); the classes stay.
 
     Warns about classes that lose all their images (their label indices are kept).
     """
-    good = ~verify_images(split.paths, workers=workers, on_bad_image=on_bad_image,
-                          truncated_ok=truncated_ok, decode=decode)
+    good = ~verify_images(
+        split.paths,
+        workers=workers,
+        on_bad_image=on_bad_image,
+        truncated_ok=truncated_ok,
+        decode=decode,
+    )
     kept = split.select(good)
     counts = np.bincount(kept.labels, minlength=len(kept.classes))
     for c in np.flatnonzero(counts == 0):
@@ -374,9 +426,17 @@ class FolderViewDataset(Dataset):
         truncated_ok: Decode truncated images instead of failing on them.
     """
 
-    def __init__(self, paths: Sequence[str] | np.ndarray, labels: Sequence[int] | np.ndarray,
-                 *, train: bool, size: int, resize: int, strong: bool = True,
-                 truncated_ok: bool = True) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str] | np.ndarray,
+        labels: Sequence[int] | np.ndarray,
+        *,
+        train: bool,
+        size: int,
+        resize: int,
+        strong: bool = True,
+        truncated_ok: bool = True,
+    ) -> None:
         if size < 1 or resize < 1:
             raise ValueError(f"size and resize must be positive, got {size} and {resize}")
         self.paths = np.asarray(paths, dtype=np.str_)
@@ -403,8 +463,10 @@ class FolderViewDataset(Dataset):
                     img = img.convert("RGBA")  # PIL warns when a palette with alpha goes to RGB
                 return img.convert("RGB")
         except Exception as exc:
-            raise UserError(f"cannot read image {path} ({type(exc).__name__}: {exc}); check the "
-                            "images first with on_bad_image set to 'skip' or 'stop'") from exc
+            raise UserError(
+                f"cannot read image {path} ({type(exc).__name__}: {exc}); check the "
+                "images first with on_bad_image set to 'skip' or 'stop'"
+            ) from exc
 
     def _flip_crop(self, img: Image.Image) -> Image.Image:
         if self.rng.random() < 0.5:
@@ -421,12 +483,19 @@ class FolderViewDataset(Dataset):
         img = TF.resize(self.load(index), self.resize)  # int: the shorter side, antialiased
         empty = torch.empty(0, dtype=torch.uint8)
         if not self.train:
-            return index, TF.pil_to_tensor(TF.center_crop(img, self.size)), empty, \
-                int(self.labels[index])
+            return (
+                index,
+                TF.pil_to_tensor(TF.center_crop(img, self.size)),
+                empty,
+                int(self.labels[index]),
+            )
         # Weak and strong views are independent draws from the same decoded image.
         weak = TF.pil_to_tensor(self._flip_crop(img))
-        strong = TF.pil_to_tensor(self.randaugment(self._flip_crop(img), self.rng)) \
-            if self.with_strong else empty
+        strong = (
+            TF.pil_to_tensor(self.randaugment(self._flip_crop(img), self.rng))
+            if self.with_strong
+            else empty
+        )
         return index, weak, strong, int(self.labels[index])
 
 
@@ -458,12 +527,24 @@ class FolderLoader:
         truncated_ok: Decode truncated images.
     """
 
-    def __init__(self, paths: Sequence[str] | np.ndarray, labels: Sequence[int] | np.ndarray,
-                 *, batch_size: int, size: int, resize: int, normalize: Normalizer,
-                 device: torch.device, seed: int, workers: int,
-                 sampler: Sampler[int] | None = None, truncated_ok: bool = True) -> None:
-        self.dataset = FolderViewDataset(paths, labels, train=True, size=size, resize=resize,
-                                         truncated_ok=truncated_ok)
+    def __init__(
+        self,
+        paths: Sequence[str] | np.ndarray,
+        labels: Sequence[int] | np.ndarray,
+        *,
+        batch_size: int,
+        size: int,
+        resize: int,
+        normalize: Normalizer,
+        device: torch.device,
+        seed: int,
+        workers: int,
+        sampler: Sampler[int] | None = None,
+        truncated_ok: bool = True,
+    ) -> None:
+        self.dataset = FolderViewDataset(
+            paths, labels, train=True, size=size, resize=resize, truncated_ok=truncated_ok
+        )
         self.batch_size = batch_size
         self.normalize = normalize
         self.device = device
@@ -510,20 +591,42 @@ class FolderLoader:
             )
 
 
-def folder_test_batches(paths: Sequence[str] | np.ndarray, labels: Sequence[int] | np.ndarray,
-                        *, size: int, resize: int, batch_size: int, workers: int,
-                        normalize: Normalizer, device: torch.device,
-                        truncated_ok: bool = True) -> TestBatches:
+def folder_test_batches(
+    paths: Sequence[str] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    *,
+    size: int,
+    resize: int,
+    batch_size: int,
+    workers: int,
+    normalize: Normalizer,
+    device: torch.device,
+    truncated_ok: bool = True,
+) -> TestBatches:
     """Evaluation batches: each call of the result makes a fresh in-order pass yielding
     (normalised (B, 3, size, size) images, (B,) int64 labels) on `device`."""
-    dataset = FolderViewDataset(paths, labels, train=False, size=size, resize=resize,
-                                strong=False, truncated_ok=truncated_ok)
+    dataset = FolderViewDataset(
+        paths,
+        labels,
+        train=False,
+        size=size,
+        resize=resize,
+        strong=False,
+        truncated_ok=truncated_ok,
+    )
 
     def batches() -> Iterator[tuple[Tensor, Tensor]]:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                            pin_memory=device.type == "cuda")
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+        )
         for _, images, _, label in loader:
-            yield (normalize(images.to(device, non_blocking=True)),
-                   label.to(device, non_blocking=True))
+            yield (
+                normalize(images.to(device, non_blocking=True)),
+                label.to(device, non_blocking=True),
+            )
 
     return batches

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from asymco.config import DataConfig, NoiseConfig
+from asymco.data.cifarn import human_noisy_labels
+from asymco.data.datasets import find_labels_file
 from asymco.data.noise import known_classes, make_noisy_labels
 from asymco.data.sources import Source
 from asymco.errors import UserError
@@ -23,8 +25,9 @@ class NoisyData:
     """(N, H, W, C) uint8 training images (the subset, if one was asked for)."""
     noisy_label: np.ndarray
     """(N,) int64 observed labels, the only labels a method sees."""
-    is_clean: np.ndarray
-    """(N,) bool: observed label equals the true label (open-set samples are never clean)."""
+    is_clean: np.ndarray | None
+    """(N,) bool: observed label equals the true label (open-set samples are never clean);
+    None when the truth is unknown (real-noise data)."""
     source_index: np.ndarray
     """(N,) int64 position of each training sample in the full training set."""
     test_images: np.ndarray
@@ -35,7 +38,7 @@ class NoisyData:
     noisy_labels_full: np.ndarray
     """(N_full,) int64 noisy labels of the whole training set in file order."""
     transition: np.ndarray | None
-    noise_rate_actual: float
+    noise_rate_actual: float | None
     """Share of the full training set whose observed label differs from the true one."""
     origin: str
     paths: np.ndarray | None = None
@@ -45,18 +48,24 @@ class NoisyData:
 def apply_noise(source: Source, data: DataConfig, noise: NoiseConfig) -> NoisyData:
     num_total = len(source.classes)
     k = known_classes(num_total, noise.openset_ratio)
-    if noise.kind != "none" and noise.rate == 0.0:
+    if noise.kind in ("symmetric", "asymmetric") and noise.rate == 0.0:
         raise UserError(
             f"noise.rate must be above 0 for {noise.kind} noise (or set noise.kind=none)"
         )
-    noisy_full, matrix = make_noisy_labels(
-        source.y_train,
-        kind=noise.kind,
-        rate=noise.rate,
-        num_classes=num_total,
-        openset_ratio=noise.openset_ratio,
-        seed=noise.seed,
-    )
+    if noise.kind == "human":
+        noisy_full, clean = _human_labels(source, noise, data)
+        matrix, truth = None, clean
+    else:
+        kind = "none" if noise.kind == "none" else noise.kind
+        noisy_full, matrix = make_noisy_labels(
+            source.y_train,
+            kind=kind,
+            rate=noise.rate,
+            num_classes=num_total,
+            openset_ratio=noise.openset_ratio,
+            seed=noise.seed,
+        )
+        truth = source.y_train if source.clean_known else None
     # Separate streams, so the test subset does not depend on whether/how the train set is cut.
     train_rng = np.random.RandomState([data.subset_seed, 0])
     test_rng = np.random.RandomState([data.subset_seed, 1])
@@ -75,7 +84,7 @@ def apply_noise(source: Source, data: DataConfig, noise: NoiseConfig) -> NoisyDa
     return NoisyData(
         images=source.x_train[index],
         noisy_label=noisy_full[index],
-        is_clean=noisy_full[index] == source.y_train[index],
+        is_clean=None if truth is None else noisy_full[index] == truth[index],
         source_index=index.astype(np.int64),
         test_images=source.x_test[known_test],
         test_label=source.y_test[known_test],
@@ -83,6 +92,27 @@ def apply_noise(source: Source, data: DataConfig, noise: NoiseConfig) -> NoisyDa
         classes=list(source.classes[:k]),
         noisy_labels_full=noisy_full,
         transition=matrix,
-        noise_rate_actual=float(np.mean(noisy_full != source.y_train)),
+        noise_rate_actual=None if truth is None else float(np.mean(noisy_full != truth)),
         origin=source.origin,
+        paths=source.x_train[index] if source.is_files else None,
     )
+
+
+def _human_labels(source: Source, noise: NoiseConfig, data: DataConfig) -> tuple[np.ndarray, ...]:
+    """CIFAR-N human labels, checked to be aligned with the images' own (clean) labels."""
+    if data.dataset not in ("cifar10", "cifar100"):
+        raise UserError("noise.kind=human needs data.dataset cifar10 or cifar100 (CIFAR-N)")
+    path = noise.labels_file or find_labels_file(data.root, data.dataset)
+    noisy, clean = human_noisy_labels(
+        path,
+        dataset=data.dataset,
+        label_set=noise.label_set,
+        num_samples=len(source.y_train),
+        num_classes=len(source.classes),
+    )
+    if not np.array_equal(clean, source.y_train):
+        raise UserError(
+            f"the clean labels in {path} do not match {data.dataset}'s training "
+            "labels; is the file for this dataset and in the official order?"
+        )
+    return noisy, clean

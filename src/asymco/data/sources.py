@@ -22,15 +22,24 @@ _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 @dataclass(frozen=True)
 class Source:
-    """A labelled image set with its clean labels. Images are uint8 (N, H, W, C), labels int64."""
+    """A labelled image set. Images are uint8 (N, H, W, C) arrays, or (N,) image file paths for
+    data read from files; labels are int64."""
 
     x_train: np.ndarray
     y_train: np.ndarray
+    """The training labels as the source gives them: the true labels of a clean set (CIFAR,
+    digits), the observed labels of real-noise data (`clean_known=False`)."""
     x_test: np.ndarray
     y_test: np.ndarray
     classes: list[str]
     origin: str
     """Human-readable description of where the data was read from."""
+    clean_known: bool = True
+    """Whether `y_train` is the truth, so selection quality can be scored."""
+
+    @property
+    def is_files(self) -> bool:
+        return self.x_train.ndim == 1
 
 
 def default_root() -> Path:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from asymco.data.folders import FolderLoader
 from asymco.data.loader import ArrayLoader
 from asymco.data.pil_loader import PilLoader
 from asymco.engine.evaluate import Batches, accuracy, selection_scores
@@ -23,7 +24,7 @@ from asymco.errors import UserError
 from asymco.methods.base import Method
 
 logger = logging.getLogger(__name__)
-Loader = ArrayLoader | PilLoader
+Loader = ArrayLoader | PilLoader | FolderLoader
 
 
 def fit(
@@ -36,7 +37,7 @@ def fit(
     plans: dict[str, list[float]],
     epochs: int,
     warmup_epochs: int,
-    is_clean: Tensor,
+    is_clean: Tensor | None,
     history: list[dict],
     on_epoch_end: Callable[[list[dict]], None],
     progress: bool = True,
@@ -116,7 +117,7 @@ def _epoch_row(
     method: Method,
     sums: dict[str, Tensor],
     test: Batches,
-    is_clean: Tensor,
+    is_clean: Tensor | None,
     optimizer: torch.optim.Optimizer,
     exe: Execution,
     epoch: int,
@@ -128,11 +129,11 @@ def _epoch_row(
     with exe.autocast():
         accs = {name: accuracy(net, test) for name, net in method.eval_nets().items()}
     selected = method.selected()
-    scores = (
-        selection_scores(selected, is_clean)
-        if selected is not None
-        else dict.fromkeys(("precision", "recall", "f1", "fraction"))
-    )
+    scores = dict.fromkeys(("precision", "recall", "f1", "fraction"))
+    if selected is not None and is_clean is not None:
+        scores = selection_scores(selected, is_clean)
+    elif selected is not None:  # real noise: the truth is unknown, the share is not
+        scores["fraction"] = float(selected.float().mean())
     row = {
         "epoch": epoch,
         "phase": "warmup" if warmup else "robust",
@@ -152,7 +153,7 @@ def _epoch_row(
     }
     means.pop("empty_selection", None)
     mined = getattr(method, "is_mined", None)
-    if mined is not None and not warmup:
+    if mined is not None and is_clean is not None and not warmup:
         mined_scores = selection_scores(mined, is_clean)
         row.update(
             mined_count=int(mined.sum()),
