@@ -29,8 +29,12 @@ def test_presets_lists_every_paper_cell_and_quickstart(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out.splitlines()
     names = [line.split()[0] for line in out]
-    assert names == sorted(["cifar100n-sym20", "cifar100n-sym80", "cifar100n-asym40",
-                            "cifar80n-sym20", "cifar80n-sym80", "cifar80n-asym40", "quickstart"])
+    assert names == sorted([
+        "cifar100n-sym20", "cifar100n-sym80", "cifar100n-asym40", "cifar80n-sym20",
+        "cifar80n-sym80", "cifar80n-asym40", "quickstart", "web-aircraft", "web-bird", "web-car",
+        "food101n", "cifar100n-human", "cifar10n-aggre", "cifar10n-random1", "cifar10n-worst",
+        "custom",
+    ])
     assert any("65.51" in line for line in out if line.startswith("cifar100n-sym20"))
 
 
@@ -46,7 +50,7 @@ def test_presets_lists_every_paper_cell_and_quickstart(capsys):
      ["method.mining_gate", "per_batch"]),
     (["train", "--preset", "quickstart", "--set", "optim.lr_decay=cosine:1,2"], ["lr_decay"]),
     (["train", "--preset", "quickstart", "--set", "train.device=cuda:7"], ["device"]),
-    (["train"], ["--preset"]),
+    (["train"], ["--preset", "--data"]),
     (["frobnicate"], ["invalid choice"]),
 ])
 def test_bad_input_is_one_sentence_and_status_2(args, fragments, tmp_path):

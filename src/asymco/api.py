@@ -33,6 +33,7 @@ from asymco.errors import UserError
 from asymco.label_issues import label_quality, write_label_issues
 from asymco.methods import METHODS, Method, create_method
 from asymco.models import MODELS, create_model
+from asymco.own_data import choose_defaults, with_own_data
 from asymco.presets import get_preset
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,22 @@ def resolve_config(
     try:
         cfg = apply_overrides(cfg, list(overrides))
     except TypeError as err:  # a value of the wrong kind reached a dataclass
+        raise UserError(f"invalid setting: {err}") from None
+    check_names(cfg)
+    return cfg
+
+
+def resolve_own_data(
+    data: str, test: str | None = None, overrides: list[str] = (), *, preset: str | None = None
+) -> RunConfig:
+    """Config for your own data (`folder:PATH`, `csv:FILE`, `npz:FILE`): a preset's settings,
+    or (without one) defaults chosen from the data; then the overrides."""
+    cfg = with_own_data(get_preset(preset or "custom"), data, test)
+    if preset is None:
+        cfg = choose_defaults(cfg)
+    try:
+        cfg = apply_overrides(cfg, list(overrides))
+    except TypeError as err:
         raise UserError(f"invalid setting: {err}") from None
     check_names(cfg)
     return cfg
@@ -215,7 +232,7 @@ def _build_method(cfg: RunConfig, data: NoisyData, exe: Execution) -> Method:
     method = create_method(
         cfg.method.name,
         cfg.method,
-        num_classes=data.num_classes,
+        num_classes=outputs,  # the official Food code keeps q over all 200 logits
         observed_labels=torch.from_numpy(data.noisy_label),
         make_model=lambda: create_model(
             cfg.model.name, num_classes=outputs, in_channels=channels, **model_options

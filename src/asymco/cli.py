@@ -27,14 +27,18 @@ def _train(args: argparse.Namespace) -> int:
         if args.out is None:
             raise UserError("--resume needs --out pointing at the run directory to continue")
         cfg = api.load_run_config(Path(args.out))
-        if args.preset or args.set or args.data_dir:
+        if args.preset or args.set or args.data_dir or args.data or args.test:
             raise UserError(
                 "--resume continues the run with its saved configuration; "
-                "drop --preset, --set and --data-dir"
+                "drop --preset, --set, --data and --data-dir"
             )
+    elif args.data:
+        cfg = api.resolve_own_data(args.data, args.test, args.set, preset=args.preset)
     else:
         if not args.preset:
-            raise UserError("--preset is required (see `asymco presets`)")
+            raise UserError("pass --preset NAME (see `asymco presets`) or --data folder:PATH")
+        if args.test:
+            raise UserError("--test goes with --data")
         cfg = api.resolve_config(args.preset, args.set, data_dir=args.data_dir)
     if args.device:
         from dataclasses import replace
@@ -93,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a setting, e.g. train.epochs=10 (repeatable)",
+    )
+    train.add_argument(
+        "--data",
+        help="your own images: folder:PATH (one folder per class), csv:FILE (path,label rows) "
+        "or npz:FILE (x_train, y_train arrays)",
+    )
+    train.add_argument(
+        "--test",
+        help="their test split, same kind as --data (default: hold out data.holdout_fraction)",
     )
     train.add_argument(
         "--data-dir", help="where the data is (an .npz, a folder, or the download cache)"

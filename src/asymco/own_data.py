@@ -1,0 +1,118 @@
+"""Your own data on the command line: `--data folder:PATH | csv:FILE | npz:FILE`.
+
+Without a preset, the model, image size and schedule are chosen from the data's size and image
+size, and printed, so a first run needs no settings; every choice can still be overridden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from asymco.config import RunConfig
+from asymco.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("folder", "csv", "npz")
+
+
+def parse_spec(spec: str, *, flag: str = "--data") -> tuple[str, str]:
+    """`kind:path` -> (kind, path)."""
+    kind, sep, path = spec.partition(":")
+    if not sep or kind not in KINDS or not path:
+        raise UserError(f"{flag} must look like folder:PATH, csv:FILE or npz:FILE, got {spec!r}")
+    return kind, path
+
+
+def with_own_data(cfg: RunConfig, data: str, test: str | None) -> RunConfig:
+    """`cfg` reading the data `--data`/`--test` name."""
+    kind, root = parse_spec(data)
+    test_root = None
+    if test is not None:
+        test_kind, test_root = parse_spec(test, flag="--test")
+        if test_kind != kind:
+            raise UserError(f"--test must be of the same kind as --data ({kind}:...)")
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, dataset=kind, root=root, test_root=test_root)
+    )
+
+
+def _survey(kind: str, root: Path) -> tuple[int, int, int]:
+    """(number of training images, typical shorter image side, channels) without decoding."""
+    if kind == "npz":
+        try:
+            with np.load(root, allow_pickle=False) as archive:
+                shape = archive["x_train"].shape
+        except (OSError, ValueError, KeyError) as err:
+            raise UserError(f"{root} is not an .npz with an x_train array ({err})") from None
+        return shape[0], min(shape[1:3]), shape[3] if len(shape) == 4 else 1
+    from PIL import Image
+
+    from asymco.data.folders import csv_dataset, scan_image_folder
+
+    split = scan_image_folder(root) if kind == "folder" else csv_dataset(root)
+    sides = []
+    for path in split.paths[:: max(1, len(split.paths) // 20)][:20]:
+        try:
+            with Image.open(path) as img:  # reads the header only
+                sides.append(min(img.size))
+        except OSError:
+            continue
+    return len(split.paths), int(np.median(sides)) if sides else 224, 3
+
+
+def choose_defaults(cfg: RunConfig) -> RunConfig:
+    """Model, image size, batch and schedule for a user's data, chosen from its size."""
+    d = cfg.data
+    n, side, channels = _survey(d.dataset, Path(d.root).expanduser())
+    small = side <= 64
+    if d.dataset == "npz" and side not in (8, 32):
+        raise UserError(
+            f"npz images must be 32x32 (or 8x8) for the built-in CNNs, got {side}px; "
+            "save them as an image folder to train ResNet-50 on them"
+        )
+    if small:
+        model = "digits_cnn" if side == 8 else "cnn7"
+        epochs, warmup = (100, 20) if n < 10_000 else (150, 50)
+        data = dataclasses.replace(
+            d,
+            image_size=side if side == 8 else 32,
+            resize=None,
+            batch_size=128,
+            views="digits" if side == 8 else "cifar",
+            normalize="dataset" if channels == 1 else "imagenet",
+        )
+        optim = dataclasses.replace(
+            cfg.optim, lr=0.01, warmup_lr=0.01, lr_decay=f"cosine:{warmup},5e-4,{epochs}"
+        )
+    else:  # fine-tune an ImageNet ResNet-50, as the paper does on web images
+        model = "resnet50"
+        epochs, warmup = (30, 5) if n < 50_000 else (20, 4)
+        data = dataclasses.replace(d, image_size=224, resize=256, batch_size=32)
+        optim = dataclasses.replace(
+            cfg.optim, lr=0.005, warmup_lr=0.005, lr_decay=f"cosine:{warmup},5e-5,{epochs}"
+        )
+    cfg = dataclasses.replace(
+        cfg,
+        data=data,
+        optim=optim,
+        model=dataclasses.replace(cfg.model, name=model),
+        train=dataclasses.replace(cfg.train, epochs=epochs, warmup_epochs=warmup),
+    )
+    logger.info(
+        "your data: %d training images, typical side %d px -> model %s at %d px, batch %d, "
+        "%d epochs (%d warmup), lr %g; override any of these with --set",
+        n,
+        side,
+        model,
+        cfg.data.image_size,
+        cfg.data.batch_size,
+        epochs,
+        warmup,
+        optim.lr,
+    )
+    return cfg
