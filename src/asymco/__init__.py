@@ -7,13 +7,17 @@ from asymco.data.noise import make_noisy_labels, transition_matrix
 from asymco.engine.evaluate import selection_scores
 from asymco.methods import create_method, list_methods
 from asymco.models import create_model, list_models
+from asymco.practitioner import FitResult, find_label_issues, fit
 from asymco.presets import get_preset, list_presets
 
 __all__ = [
+    "FitResult",
     "RunResult",
     "__version__",
     "create_method",
     "create_model",
+    "find_label_issues",
+    "fit",
     "get_preset",
     "list_methods",
     "list_models",

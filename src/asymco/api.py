@@ -44,6 +44,8 @@ class RunResult:
     run_dir: Path
     summary: dict
     history: list[dict]
+    model: torch.nn.Module | None = None
+    """The reported net (ACT's RTM), in eval mode."""
 
 
 def resolve_config(
@@ -316,7 +318,8 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         _write_label_issues(run, method, data, pipe.train_eval, cfg, len(history))
     summary = summarize(cfg, history, data, exe=exe, wall_seconds=time.perf_counter() - wall_start)
     run.write_summary(summary)
-    return RunResult(run.path, summary, history)
+    model = method.eval_nets()[method.reported_net].eval()
+    return RunResult(run.path, summary, history, model)
 
 
 def _write_label_issues(
@@ -344,6 +347,7 @@ def _write_label_issues(
         classes=data.classes,
         selected_epochs=selected_epochs,
         paths=data.paths,
+        sample_id=data.sample_id,
     )
 
 

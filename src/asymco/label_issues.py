@@ -93,8 +93,10 @@ def write_label_issues(
     classes: list[str],
     selected_epochs: np.ndarray | None,
     paths: np.ndarray | None = None,
+    sample_id: np.ndarray | None = None,
 ) -> None:
-    """Write `label_issues.csv`: one row per training sample, most suspect first."""
+    """Write `label_issues.csv`: one row per training sample, most suspect first. `index` is
+    `sample_id[i]` (the sample's position in the user's data) when given, else i."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
@@ -103,7 +105,7 @@ def write_label_issues(
         share = quality["selected_share"][i]
         writer.writerow(
             [
-                int(i),
+                int(i if sample_id is None else sample_id[i]),
                 "" if paths is None else str(paths[i]),
                 given,
                 classes[given],

@@ -139,6 +139,7 @@ def _own_npz(path: Path, data: DataConfig) -> Source:
     num_classes = int(y.max()) + 1
     names = arrays.get("class_names")
     classes = [str(c) for c in names] if names is not None else [str(i) for i in range(num_classes)]
+    ids = None
     if len(classes) < num_classes or num_classes < 2:
         raise UserError(
             f"{path}: {num_classes} classes in y_train but {len(classes)} class "
@@ -155,6 +156,7 @@ def _own_npz(path: Path, data: DataConfig) -> Source:
     else:
         train, test = _split_indices(y.astype(np.int64), data.holdout_fraction, data.subset_seed)
         x, x_test, y, y_test = x[train], x[test], y[train], y[test]
+        ids = train
     return Source(
         x,
         y.astype(np.int64),
@@ -163,6 +165,7 @@ def _own_npz(path: Path, data: DataConfig) -> Source:
         classes,
         origin=f"npz {path}",
         clean_known=False,
+        train_ids=ids,
     )
 
 

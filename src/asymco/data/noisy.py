@@ -43,6 +43,9 @@ class NoisyData:
     origin: str
     paths: np.ndarray | None = None
     """(N,) image file paths of the training samples, for data read from files."""
+    sample_id: np.ndarray | None = None
+    """(N,) each sample's position in the full training set as the user gave it (the `index`
+    of label_issues.csv)."""
 
 
 def apply_noise(source: Source, data: DataConfig, noise: NoiseConfig) -> NoisyData:
@@ -95,6 +98,7 @@ def apply_noise(source: Source, data: DataConfig, noise: NoiseConfig) -> NoisyDa
         noise_rate_actual=None if truth is None else float(np.mean(noisy_full != truth)),
         origin=source.origin,
         paths=source.x_train[index] if source.is_files else None,
+        sample_id=(index if source.train_ids is None else source.train_ids[index]).astype(np.int64),
     )
 
 

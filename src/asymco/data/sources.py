@@ -36,6 +36,9 @@ class Source:
     """Human-readable description of where the data was read from."""
     clean_known: bool = True
     """Whether `y_train` is the truth, so selection quality can be scored."""
+    train_ids: np.ndarray | None = None
+    """(N,) each training sample's position in the data as the user gave it, when a test split
+    was held out of it; None = positions in `x_train`."""
 
     @property
     def is_files(self) -> bool:

@@ -1,0 +1,134 @@
+"""The practitioner's API: train ACT on your own images and get the suspect labels back.
+
+    result = asymco.fit(images=x, labels=y, class_names=names)       # arrays
+    result = asymco.fit(folder="photos/")                            # <folder>/<class>/<image>
+    issues = asymco.find_label_issues(images=x, labels=y)            # (N,) bool mask
+
+Arrays are saved into the run directory (`inputs.npz`) so the run stays self-describing and
+can be resumed; everything else is what `asymco train --data ...` does.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asymco import api
+from asymco.label_issues import COLUMNS
+
+
+@dataclass(frozen=True)
+class FitResult:
+    model: torch.nn.Module
+    """The robust model (RTM), eval mode."""
+    label_issues: dict[str, np.ndarray]
+    """label_issues.csv as columns in training-set order (`index` = position in your data)."""
+    run_dir: Path
+    summary: dict = field(repr=False)
+
+    @property
+    def is_label_issue(self) -> np.ndarray:
+        return self.label_issues["is_label_issue"]
+
+    def ranked(self) -> np.ndarray:
+        """Indices of your training samples, most suspect label first."""
+        scores = self.label_issues["label_score"]
+        return np.lexsort((np.arange(len(scores)), scores))
+
+
+def fit(
+    images: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    *,
+    folder: str | Path | None = None,
+    csv_file: str | Path | None = None,
+    test: str | Path | None = None,
+    class_names: list[str] | None = None,
+    settings: dict[str, object] | None = None,
+    out_dir: str | Path | None = None,
+) -> FitResult:
+    """Train ACT on your data and return the robust model with the per-sample label table.
+
+    Args:
+        images: (N, H, W, C) or (N, H, W) uint8 images (32x32 for the paper's CNN).
+        labels: (N,) integer labels, possibly wrong.
+        folder: Instead of arrays: an image folder `<folder>/<class>/<image>`.
+        csv_file: Instead of arrays: a CSV with `path,label` columns.
+        test: A test split of the same kind as `folder`/`csv_file` (else a share is held out).
+        class_names: Names of the classes of `labels`.
+        settings: Overrides such as {"train.epochs": 30}, as `--set` takes them.
+        out_dir: Run directory (default: runs/own-<time>).
+
+    Returns:
+        FitResult with `model`, `label_issues` (columns in data order), `run_dir`, `summary`.
+    """
+    run_dir = (
+        Path(out_dir) if out_dir else Path("runs") / datetime.now().strftime("own-%Y%m%d-%H%M%S")
+    )
+    if (images is None) == (folder is None and csv_file is None):
+        raise api.UserError("pass either images= and labels=, or folder= or csv_file=")
+    if images is not None:
+        spec = f"npz:{_save_arrays(run_dir, images, labels, class_names)}"
+    else:
+        spec = f"folder:{folder}" if folder is not None else f"csv:{csv_file}"
+    test_spec = None if test is None else f"{spec.split(':', 1)[0]}:{test}"
+    overrides = [f"{k}={v}" for k, v in (settings or {}).items()]
+    cfg = api.resolve_own_data(spec, test_spec, overrides)
+    result = api.train(cfg, out_dir=run_dir)
+    return FitResult(
+        result.model, _read_table(run_dir / "label_issues.csv"), run_dir, result.summary
+    )
+
+
+def find_label_issues(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    return_ranking: bool = False,
+    **fit_options,
+) -> np.ndarray:
+    """(N,) bool mask of the labels ACT judges wrong, or (with `return_ranking`) all indices
+    ordered from most to least suspect. `fit_options` go to `fit`."""
+    result = fit(images=images, labels=labels, **fit_options)
+    return result.ranked() if return_ranking else result.is_label_issue
+
+
+def _save_arrays(run_dir: Path, images, labels, class_names) -> Path:
+    if labels is None:
+        raise api.UserError("images= needs labels= beside it")
+    images, labels = np.asarray(images), np.asarray(labels)
+    if len(images) != len(labels):
+        raise api.UserError(f"{len(images)} images but {len(labels)} labels")
+    if images.dtype != np.uint8:
+        raise api.UserError(f"images must be uint8 (N, H, W[, C]), got {images.dtype}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise api.UserError(f"labels must be integers, got {labels.dtype}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "inputs.npz"
+    extra = {} if class_names is None else {"class_names": np.asarray(class_names, dtype=str)}
+    np.savez(path, x_train=images, y_train=labels, **extra)
+    return path
+
+
+def _read_table(path: Path) -> dict[str, np.ndarray]:
+    with path.open(newline="") as f:
+        rows = sorted(csv.DictReader(f), key=lambda r: int(r["index"]))
+    table: dict[str, np.ndarray] = {}
+    for column in COLUMNS:
+        values = [r[column] for r in rows]
+        if column in ("index", "given_label", "predicted_label"):
+            table[column] = np.array(values, dtype=np.int64)
+        elif column == "is_label_issue":
+            table[column] = np.array([v == "True" for v in values])
+        elif column in ("label_score", "given_label_prob", "selected_share"):
+            table[column] = np.array([float(v) if v else np.nan for v in values])
+        elif column == "selected_epochs":
+            table[column] = np.array([int(v) if v else -1 for v in values])
+        else:
+            table[column] = np.array(values)
+    return table
