@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from asymco.cli import main
@@ -61,14 +62,16 @@ def run_summary(out: Path) -> tuple[dict, list[dict]]:
     return summary, rows
 
 
-def test_web_layout_with_resnet50(tmp_path):
+@pytest.mark.parametrize("model", [RESNET_32PX, ["--set", "model.name=cnn7"]],
+                         ids=["resnet50", "paper-cnn"])
+def test_web_layout(tmp_path, model):
     root = tmp_path / "web-aircraft"
     image_tree(root / "train", single="plum")
     image_tree(root / "val", per_class=2)
     corrupt(root / "train" / "pear" / "broken.jpg")
     out = tmp_path / "run"
     assert main(["train", "--preset", "web-aircraft", "--data-dir", str(root), "--out", str(out),
-                 *TINY, *RESNET_32PX]) == 0
+                 *TINY, "--set", "data.image_size=32", "--set", "data.resize=36", *model]) == 0
     summary, rows = run_summary(out)
     assert summary["num_train"] == 13 and summary["num_test"] == 6  # the corrupt file left out
     assert summary["noise_rate_actual"] is None and summary["paper_test_acc"] == 86.56

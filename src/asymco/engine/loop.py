@@ -178,6 +178,8 @@ def _describe(row: dict, epochs: int) -> str:
             f"sel P/R {row['sel_precision']:.3f}/{row['sel_recall']:.3f} "
             f"({100 * row['sel_fraction']:.1f}%)"
         )
+    elif row["sel_fraction"] is not None:  # real noise: no truth to score against
+        parts.append(f"selected {100 * row['sel_fraction']:.1f}%")
     if row["mining_fraction"] is not None:
         parts.append(f"mining {100 * row['mining_fraction']:.0f}%")
     parts.append(f"{row['epoch_seconds']:.1f}s")
