@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,30 @@ def cifar100_labels(shared_data: Path):
 
     with np.load(shared_data / "cifar100.npz") as archive:
         return archive["y_train"]
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch):
+    """Fail any test that tries to open an internet connection (nothing may download here).
+
+    Yields the list of attempts; a test that expects one clears it after checking it.
+    """
+    attempts: list[str] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(repr(args[:2]))
+        raise OSError("network access is disabled in the test suite")
+
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            refuse(address)
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    yield attempts
+    if attempts:
+        pytest.fail(f"the test tried to reach the network: {attempts}")

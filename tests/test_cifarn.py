@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import subprocess
 import zipfile
 from pathlib import Path
@@ -27,28 +26,7 @@ SHARED_DATA = Path(os.environ.get("ASYMCO_SHARED_DATA", REPO.parent / "shared" /
 CIFAR10_SETS = ("aggre_label", "worse_label", "random_label1", "random_label2", "random_label3")
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch):
-    """Fail any test that tries to open an internet connection (nothing here may download)."""
-    attempts: list[str] = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(repr(args[:2]))
-        raise OSError("network access is disabled in the test suite")
-
-    real_connect = socket.socket.connect
-
-    def connect(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            refuse(address)
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    yield attempts
-    if attempts:
-        pytest.fail(f"the test tried to reach the network: {attempts}")
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 # --- synthetic label files -----------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections import OrderedDict
 from pathlib import Path
 from urllib.error import URLError
@@ -19,33 +18,12 @@ BACKBONE_PARAMS = 23_508_032  # act-spec B.2
 
 
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """Refuse every internet connection; a test that tries one fails unless it clears the log.
-
-    Also points torch's hub cache at an empty folder, so weights a developer has cached can
-    neither hide a download attempt nor be read by accident.
-    """
-    attempts: list[str] = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(repr(args[:2]))
-        raise OSError("network access is disabled in the test suite")
-
-    real_connect = socket.socket.connect
-
-    def connect(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            refuse(address)
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", connect)
+def offline_hub(no_network: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """No network, and torch's hub cache pointed at an empty folder, so weights a developer
+    has cached can neither hide a download attempt nor be read by accident."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    yield attempts
-    if attempts:
-        pytest.fail(f"the test tried to reach the network: {attempts}")
+    return no_network
 
 
 def _reference_state_dict(seed: int = 0) -> OrderedDict[str, torch.Tensor]:
