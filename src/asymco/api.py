@@ -29,6 +29,7 @@ from asymco.engine.loop import fit
 from asymco.engine.lr import build_lr_plan
 from asymco.engine.precision import Execution, resolve_execution
 from asymco.engine.rundir import RunDir
+from asymco.engine.tensorboard import ScalarLog
 from asymco.errors import UserError
 from asymco.label_issues import label_quality, write_label_issues
 from asymco.methods import METHODS, Method, create_method
@@ -77,6 +78,23 @@ def resolve_own_data(
         raise UserError(f"invalid setting: {err}") from None
     check_names(cfg)
     return cfg
+
+
+SMALL_LOSS_METHODS = ("coteaching", "coteaching_plus", "jocor")
+
+
+def fill_forget_rate(cfg: RunConfig) -> RunConfig:
+    """The Co-teaching family drops the true noise rate by default, as those papers assume;
+    the resolved value is written to config.yaml."""
+    if cfg.method.name not in SMALL_LOSS_METHODS or cfg.method.forget_rate is not None:
+        return cfg
+    if cfg.noise.kind not in ("symmetric", "asymmetric"):
+        raise UserError(
+            f"method.name={cfg.method.name} needs method.forget_rate for "
+            f"{cfg.noise.kind} noise, whose rate is not known in advance"
+        )
+    method = dataclasses.replace(cfg.method, forget_rate=cfg.noise.rate)
+    return dataclasses.replace(cfg, method=method)
 
 
 def check_names(cfg: RunConfig) -> None:
@@ -252,6 +270,8 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
     """Train `cfg` into a run directory (new, or continued from its checkpoint with `resume`)."""
     wall_start = time.perf_counter()
     check_names(cfg)
+    if not resume:
+        cfg = fill_forget_rate(cfg)
     device = resolve_device(cfg.train.device)
     exe = resolve_execution(cfg.train, device)
     run = RunDir.prepare(Path(out_dir) if out_dir else default_out_dir(cfg), resume=resume)
@@ -287,7 +307,11 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         if data.transition is not None:
             run.write_array("noise_transition.npy", data.transition)
 
+    scalars = ScalarLog(run.path / "tensorboard") if cfg.log.tensorboard else None
+
     def checkpoint(rows: list[dict]) -> None:
+        if scalars is not None:
+            scalars.write(rows[-1])
         save_checkpoint(
             run.checkpoint,
             method=method.state_dict(),
@@ -314,6 +338,8 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         on_epoch_end=checkpoint,
         progress=cfg.train.progress,
     )
+    if scalars is not None:
+        scalars.close()
     with exe.autocast():
         _write_label_issues(run, method, data, pipe.train_eval, cfg, len(history))
     summary = summarize(cfg, history, data, exe=exe, wall_seconds=time.perf_counter() - wall_start)

@@ -84,6 +84,29 @@ def _issues(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from asymco.sweep import check_parallel, plan, run_sweep
+
+    check_parallel(args.parallel)
+    cells = plan(args.presets, args.methods, args.seeds)
+    failed = run_sweep(
+        cells, Path(args.out), overrides=args.set, data_dir=args.data_dir, parallel=args.parallel
+    )
+    done = len(cells) - len(failed)
+    print(
+        f"sweep {args.out}: {done} of {len(cells)} runs complete; "
+        f"`asymco report {args.out}` writes the tables and plots"
+    )
+    if failed:
+        names = ", ".join(f"{c.preset}/{c.method}/seed{c.seed}" for c in failed[:5])
+        print(
+            f"asymco: {len(failed)} runs failed ({names}); run the same command to retry",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="asymco", description="Learning with noisy labels by Asymmetric Co-Training (ACT)."
@@ -116,6 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     train.set_defaults(func=_train)
+    sweep = sub.add_parser("sweep", help="run presets x methods x seeds into one directory")
+    sweep.add_argument("--presets", nargs="+", required=True, metavar="PRESET")
+    sweep.add_argument("--methods", nargs="+", default=["act"], metavar="METHOD")
+    sweep.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], metavar="SEED")
+    sweep.add_argument("--out", required=True, help="the sweep directory")
+    sweep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting in every run (repeatable)",
+    )
+    sweep.add_argument("--data-dir", help="where the data is")
+    sweep.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="runs at a time, as separate processes (default 1: in this process)",
+    )
+    sweep.set_defaults(func=_sweep)
     issues = sub.add_parser("issues", help="print the most suspect labels of a run")
     issues.add_argument("run_dir", help="a run directory holding label_issues.csv")
     issues.add_argument("--top", type=int, default=20, help="how many rows (default 20)")

@@ -166,6 +166,17 @@ class MethodConfig:
     """Table 4 switch: historical re-weighting w = c / (epoch + 1); off = weight 1."""
     use_cr: bool = True
     """Table 4 switch: the consistency term on the strong view (and the 1 - cr_weight factor)."""
+    forget_rate: float | None = None
+    """Co-teaching, Co-teaching+, JoCoR: share of each batch dropped as large-loss once the
+    schedule has ramped up. None = the true noise rate (`noise.rate`), as those papers assume."""
+    num_gradual: int = 10
+    """Co-teaching family: epochs over which the dropped share ramps up from 0 (T_k)."""
+    exponent: float = 1.0
+    """Co-teaching family: shape c of the ramp, forget_rate * min((T / T_k)^c, 1)."""
+    init_epoch: int = 20
+    """Co-teaching+: epochs of plain Co-teaching before the disagreement step starts."""
+    co_lambda: float = 0.9
+    """JoCoR: weight of the co-regularisation (symmetric KL) in the joint loss."""
 
     def __post_init__(self) -> None:
         _check(self.tau > 0, "method.tau", "must be positive")
@@ -173,6 +184,14 @@ class MethodConfig:
         _check(0.0 <= self.cr_weight <= 1.0, "method.cr_weight", "must be in [0, 1]")
         _check(self.conf_penalty_weight >= 0, "method.conf_penalty_weight", "must be >= 0")
         _check(0.0 <= self.label_smoothing < 1.0, "method.label_smoothing", "must be in [0, 1)")
+        _check(
+            self.forget_rate is None or 0.0 <= self.forget_rate < 1.0,
+            "method.forget_rate",
+            "must be in [0, 1)",
+        )
+        _check(self.num_gradual >= 0, "method.num_gradual", "must be >= 0")
+        _check(self.init_epoch >= 0, "method.init_epoch", "must be >= 0")
+        _check(0.0 <= self.co_lambda <= 1.0, "method.co_lambda", "must be in [0, 1]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,6 +255,13 @@ class TrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    tensorboard: bool = False
+    """Also write every metrics.jsonl figure as TensorBoard scalars under <run>/tensorboard
+    (needs the `tensorboard` package: pip install "asymco[tensorboard]")."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     preset: str = "custom"
     description: str = ""
@@ -247,9 +273,10 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
-SECTIONS = ("data", "noise", "model", "method", "optim", "train")
+SECTIONS = ("data", "noise", "model", "method", "optim", "train", "log")
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
