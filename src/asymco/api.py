@@ -35,7 +35,7 @@ from asymco.label_issues import label_quality, write_label_issues
 from asymco.methods import METHODS, Method, create_method
 from asymco.models import MODELS, create_model
 from asymco.own_data import choose_defaults, with_own_data
-from asymco.presets import get_preset
+from asymco.presets import get_preset, paper_number
 
 logger = logging.getLogger(__name__)
 
@@ -400,7 +400,7 @@ def summarize(
         "best_epoch": best,
         "test_acc_final": float(accs[-1]),
         "test_acc_ntm_final": final.get("test_acc_ntm"),
-        "paper_test_acc": cfg.paper_test_acc,
+        "paper_test_acc": paper_number(cfg.preset, cfg.method.name, cfg.paper_test_acc),
         "sel_precision_final": final.get("sel_precision"),
         "sel_recall_final": final.get("sel_recall"),
         "noise_rate_actual": (

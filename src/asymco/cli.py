@@ -107,6 +107,15 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from asymco.report import make_report
+
+    out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
+    markdown, html = make_report([Path(d) for d in args.dirs], out)
+    print(f"wrote {markdown} and {html}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="asymco", description="Learning with noisy labels by Asymmetric Co-Training (ACT)."
@@ -159,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs at a time, as separate processes (default 1: in this process)",
     )
     sweep.set_defaults(func=_sweep)
+    report = sub.add_parser("report", help="tables and plots of run or sweep directories")
+    report.add_argument("dirs", nargs="+", help="run directories, or folders holding them")
+    report.add_argument("--out", help="where report.md/.html go (default: <first dir>/report)")
+    report.set_defaults(func=_report)
     issues = sub.add_parser("issues", help="print the most suspect labels of a run")
     issues.add_argument("run_dir", help="a run directory holding label_issues.csv")
     issues.add_argument("--top", type=int, default=20, help="how many rows (default 20)")
