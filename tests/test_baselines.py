@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from asymco.config import MethodConfig
 from asymco.data.loader import Batch
@@ -193,9 +194,7 @@ def test_coteaching_cross_update_uses_peer_selection():
 
 def test_coteaching_label_smoothing():
     labels, z1, z2 = coteaching_case()
-    method = make_method(
-        CoTeaching, labels, forget_rate=0.6, num_gradual=0, label_smoothing=0.2
-    )
+    method = make_method(CoTeaching, labels, forget_rate=0.6, num_gradual=0, label_smoothing=0.2)
     set_table(method, z1, z2)
     out = method.training_step(table_batch(torch.arange(5), labels))
     smoothed = F.cross_entropy(z2[[0, 1]], labels[[0, 1]], label_smoothing=0.2)
@@ -263,7 +262,7 @@ def test_coteaching_plus_rounds_down_to_zero_keeps_whole_disagreement_set():
     z2[4:] = z1[4:]  # only sample 3 is disputed: int(0.5 * 1) = 0 -> keep it (official code)
     method = make_method(CoTeachingPlus, labels, forget_rate=0.5, num_gradual=0, init_epoch=0)
     set_table(method, z1, z2)
-    out, used1, used2 = step_and_grads(method, table_batch(torch.arange(6), labels))
+    _out, used1, used2 = step_and_grads(method, table_batch(torch.arange(6), labels))
     assert used1.tolist() == used2.tolist() == mask(6, 3).tolist()
 
 
@@ -324,7 +323,7 @@ def test_jocor_kl_gradient_reaches_both_nets():
     labels, z1, z2 = jocor_case()
     method = make_method(JoCoR, labels, forget_rate=0.0, num_gradual=0, co_lambda=1.0)
     set_table(method, z1, z2)
-    out, used1, used2 = step_and_grads(method, table_batch(torch.arange(2), labels))
+    _out, used1, used2 = step_and_grads(method, table_batch(torch.arange(2), labels))
     assert used1[1] and used2[1]
 
 
@@ -418,3 +417,46 @@ def test_invalid_settings_are_user_errors():
         make_method(CoTeachingPlus, labels, init_epoch=-1)
     with pytest.raises(UserError, match=r"method\.num_gradual"):
         make_method(CoTeaching, labels, num_gradual=-1)
+
+
+class _SyncRecorder(TorchDispatchMode):
+    """Records the aten ops that make the host wait for the device (on a GPU): reading a value
+    (`.item()`, `bool()`, `int()`), and data-dependent shapes (nonzero, boolean indexing)."""
+
+    SYNCING = ("_local_scalar_dense", "nonzero", "masked_select", "unique")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__
+        bool_index = name.startswith(("index.", "index_put")) and any(
+            isinstance(t, Tensor) and t.dtype == torch.bool
+            for a in args
+            if isinstance(a, list | tuple)
+            for t in a
+        )
+        if bool_index or any(name.startswith(s) for s in self.SYNCING):
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("cls", METHODS)
+@pytest.mark.parametrize("epoch", [0, 12])  # Co-teaching+: before and after init_epoch
+def test_training_step_has_no_host_sync(cls, epoch, monkeypatch):
+    """On a CPU nothing waits, so the ops that would make a GPU wait are caught by name."""
+    labels = torch.randint(0, K, (16,), generator=torch.Generator().manual_seed(4))
+    method = make_method(cls, labels, tiny_model, forget_rate=0.3, init_epoch=5)
+    method.on_epoch_start(epoch, warmup=False)
+    batch = random_batch(torch.arange(16), labels)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a host read in training_step")
+
+    for name in ("tolist", "numpy", "cpu"):  # host copies that bypass the dispatcher
+        monkeypatch.setattr(Tensor, name, refuse)
+    with _SyncRecorder() as recorder:
+        out = method.training_step(batch)
+        out["loss"].backward()
+    assert recorder.seen == []

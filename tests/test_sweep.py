@@ -29,7 +29,8 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path, monkeypatch, capsy
             raise KeyboardInterrupt
 
     monkeypatch.setattr(RunDir, "write_metrics", interrupt_second_run)
-    assert sweep(tmp_path) == 1
+    assert sweep(tmp_path) == 130
+    assert "sweep interrupted" in capsys.readouterr().err
     first, second = tmp_path / "quickstart/standard/seed1", tmp_path / "quickstart/act/seed1"
     assert (first / "summary.json").is_file()
     assert (second / "checkpoint.pt").is_file() and not (second / "summary.json").exists()

@@ -89,9 +89,17 @@ def _sweep(args: argparse.Namespace) -> int:
 
     check_parallel(args.parallel)
     cells = plan(args.presets, args.methods, args.seeds)
-    failed = run_sweep(
-        cells, Path(args.out), overrides=args.set, data_dir=args.data_dir, parallel=args.parallel
-    )
+    try:
+        failed = run_sweep(
+            cells,
+            Path(args.out),
+            overrides=args.set,
+            data_dir=args.data_dir,
+            parallel=args.parallel,
+        )
+    except KeyboardInterrupt:
+        print("asymco: sweep interrupted; run the same command to continue it", file=sys.stderr)
+        return 130
     done = len(cells) - len(failed)
     print(
         f"sweep {args.out}: {done} of {len(cells)} runs complete; "

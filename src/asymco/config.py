@@ -139,7 +139,8 @@ class ModelConfig:
 @dataclass(frozen=True, kw_only=True)
 class MethodConfig:
     name: str = "act"
-    """`act` (Asymmetric Co-Training) or `standard` (one net, cross-entropy on every label)."""
+    """`act` (Asymmetric Co-Training), `standard` (one net, cross-entropy on every label), or
+    the baselines `coteaching`, `coteaching_plus`, `jocor`."""
     tau: float = 0.025
     """Memorization threshold: mining is on while (Acc_NTM - Acc_RTM) / Acc_RTM < tau."""
     mining_gate: Literal["per_batch", "per_epoch", "latched"] = "per_batch"
@@ -190,6 +191,7 @@ class MethodConfig:
             "must be in [0, 1)",
         )
         _check(self.num_gradual >= 0, "method.num_gradual", "must be >= 0")
+        _check(self.exponent > 0, "method.exponent", "must be positive")
         _check(self.init_epoch >= 0, "method.init_epoch", "must be >= 0")
         _check(0.0 <= self.co_lambda <= 1.0, "method.co_lambda", "must be in [0, 1]")
 

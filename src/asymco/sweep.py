@@ -74,7 +74,7 @@ def run_sweep(
             (cell.run_dir(root)).parent.mkdir(parents=True, exist_ok=True)
             status = main(cell.args(root, overrides, data_dir))
             if status == 130:  # Ctrl-C: stop the sweep; the same command resumes it
-                return [*failed, *todo[i - 1 :]]
+                raise KeyboardInterrupt
             if status != 0:
                 failed.append(cell)
         return failed

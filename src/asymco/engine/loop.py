@@ -160,6 +160,9 @@ def _epoch_row(
             mined_precision=mined_scores["precision"],
             mined_recall=mined_scores["recall"],
         )
+    for name, acc in accs.items():  # a second net that is not an NTM (Co-teaching's net2)
+        if name not in (method.reported_net, "ntm"):
+            row[f"test_acc_{name}"] = acc
     row.update(means)
     return row
 
