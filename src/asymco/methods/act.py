@@ -72,17 +72,6 @@ class ACT(Method):
     def needs_strong_view(self) -> bool:
         return not self.warmup and self.cfg.use_cr
 
-    def selected(self) -> Tensor:
-        return self.is_selected
-
-    def select_counts(self) -> Tensor:
-        return self.select_count
-
-    def _ce(self, logits: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(
-            logits, target, reduction="none", label_smoothing=self.cfg.label_smoothing
-        )
-
     def _mining_gate(self, gap: Tensor, acc_rtm: Tensor) -> Tensor:
         tau, mode = self.cfg.tau, self.cfg.mining_gate
         if mode == "per_epoch":  # decided from the previous epoch's whole-epoch accuracies
@@ -103,7 +92,7 @@ class ACT(Method):
         self.epoch_hits += torch.stack(
             [rtm_hits.sum(), ntm_hits.sum(), torch.tensor(len(label), device=label.device)]
         ).float()
-        loss_ntm = self._ce(z_ntm, label).mean()
+        loss_ntm = self.per_sample_ce(z_ntm, label).mean()
         if self.warmup:
             return self._warmup_step(index, label, z_rtm, loss_ntm, rtm_hits, ntm_hits)
         return self._robust_step(batch, z_rtm, loss_ntm, rtm_hits, ntm_hits)
@@ -118,7 +107,7 @@ class ACT(Method):
         ntm_hits: Tensor,
     ) -> dict[str, Tensor]:
         penalty = confidence_penalty(z_rtm, clamp_logits=self.cfg.conf_penalty_clamp_logits)
-        loss_rtm = self._ce(z_rtm, label).mean() + self.cfg.conf_penalty_weight * penalty
+        loss_rtm = self.per_sample_ce(z_rtm, label).mean() + self.cfg.conf_penalty_weight * penalty
         self.select_count[index] += 1  # warmup counts as "selected" for every sample
         self.is_selected[index] = True
         return {
@@ -155,7 +144,9 @@ class ACT(Method):
         n_chosen = chosen.sum()
         # Mean over the selected samples; an empty selection gives an exact zero that still
         # touches every RTM parameter (the official code would produce NaN here).
-        loss_sel = (weight * self._ce(z_rtm, label) * chosen).sum() / n_chosen.clamp_min(1)
+        loss_sel = (weight * self.per_sample_ce(z_rtm, label) * chosen).sum() / n_chosen.clamp_min(
+            1
+        )
         # EMA label distribution of every batch sample, selected or not (A.3.7).
         probs = torch.softmax(z_rtm.detach().float(), dim=1)
         ema = cfg.ema_momentum * self.ema_probs[index] + (1 - cfg.ema_momentum) * probs
@@ -163,7 +154,9 @@ class ACT(Method):
         loss_rtm = loss_sel
         if cfg.use_cr:
             target = pseudo_labels(chosen, label, ema)
-            loss_cr = self._ce(self.fwd["rtm"](batch.strong), target).mean()  # separate forward
+            loss_cr = self.per_sample_ce(
+                self.fwd["rtm"](batch.strong), target
+            ).mean()  # separate forward
             loss_rtm = (1 - cfg.cr_weight) * loss_sel + cfg.cr_weight * loss_cr
         return {
             "loss": loss_rtm + loss_ntm,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asymco.config import MethodConfig
@@ -84,12 +85,20 @@ class Method(nn.Module):
 
     def select_counts(self) -> Tensor | None:
         """(N,) int: in how many epochs so far each sample counted as clean (warmup included),
-        or None if the method does not select."""
-        return None
+        or None if the method does not select. Selecting methods keep it in `select_count`."""
+        return getattr(self, "select_count", None)
 
     def selected(self) -> Tensor | None:
-        """(N,) bool: the samples this epoch treated as clean, or None if it does not select."""
-        return None
+        """(N,) bool: the samples this epoch treated as clean, or None if it does not select.
+        Selecting methods keep it in an `is_selected` buffer."""
+        return getattr(self, "is_selected", None)
+
+    def per_sample_ce(self, logits: Tensor, target: Tensor) -> Tensor:
+        """(B,) cross-entropy in float32 (logits may be bf16 under autocast), with the run's
+        label smoothing."""
+        return F.cross_entropy(
+            logits.float(), target, reduction="none", label_smoothing=self.cfg.label_smoothing
+        )
 
 
 def zero_touch(logits: Tensor) -> Tensor:

@@ -32,7 +32,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asymco.config import MethodConfig
@@ -214,18 +213,6 @@ class SmallLossPair(Method):
     def eval_nets(self) -> dict[str, nn.Module]:
         return {"net1": self.nets["net1"], "net2": self.nets["net2"]}
 
-    def selected(self) -> Tensor:
-        return self.is_selected
-
-    def select_counts(self) -> Tensor:
-        return self.select_count
-
-    def _ce(self, logits: Tensor, target: Tensor) -> Tensor:
-        """Per-sample cross-entropy in float32 (logits may be bf16 under autocast)."""
-        return F.cross_entropy(
-            logits.float(), target, reduction="none", label_smoothing=self.cfg.label_smoothing
-        )
-
     def _record(self, index: Tensor, chosen: Tensor) -> None:
         # Each sample is visited once per epoch (indices are unique within a batch), so the
         # count grows by at most one per epoch.
@@ -256,7 +243,7 @@ class CoTeaching(SmallLossPair):
         z1 = self.fwd["net1"](batch.weak)  # same batch, same view for both nets
         z2 = self.fwd["net2"](batch.weak)
         forget = self.current_forget_rate()
-        ce1, ce2 = self._ce(z1, label), self._ce(z2, label)
+        ce1, ce2 = self.per_sample_ce(z1, label), self.per_sample_ce(z2, label)
         loss1, loss2, keep1 = coteaching_losses(ce1, ce2, num_remember(len(label), 1 - forget))
         self._record(batch.index, keep1)
         return {
