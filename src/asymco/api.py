@@ -274,7 +274,20 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         cfg = fill_forget_rate(cfg)
     device = resolve_device(cfg.train.device)
     exe = resolve_execution(cfg.train, device)
-    run = RunDir.prepare(Path(out_dir) if out_dir else default_out_dir(cfg), resume=resume)
+    path = Path(out_dir) if out_dir else default_out_dir(cfg)
+    existed = path.exists()
+    run = RunDir.prepare(path, resume=resume)
+    try:
+        return _train_into(run, cfg, exe, resume=resume, wall_start=wall_start)
+    except BaseException:
+        if not existed and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()  # a run that failed before writing anything leaves no empty folder
+        raise
+
+
+def _train_into(
+    run: RunDir, cfg: RunConfig, exe: Execution, *, resume: bool, wall_start: float
+) -> RunResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)

@@ -43,10 +43,12 @@ def load_dataset(data: DataConfig, *, workers: int = 0) -> Source:
             test_fraction=data.digits_test_fraction,
         )
     if data.root is None:
-        raise UserError(
-            f"data.dataset={data.dataset} needs a location: pass --data "
-            f"{data.dataset}:PATH or --data-dir"
+        how = (
+            "--data-dir DIR"
+            if data.dataset in ("web", "food101n")
+            else f"--data {data.dataset}:PATH"
         )
+        raise UserError(f"data.dataset={data.dataset} needs to know where the data is: pass {how}")
     root = Path(data.root).expanduser()
     if data.dataset == "npz":
         return _own_npz(root, data)
