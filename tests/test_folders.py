@@ -20,15 +20,17 @@ from PIL import Image
 from asymco.augment import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from asymco.data.folders import (
     FolderLoader,
-    FolderSplit,
     FolderViewDataset,
+    folder_test_batches,
+    keep_good_images,
+    verify_images,
+)
+from asymco.data.layouts import (
+    FolderSplit,
     check_split,
     csv_dataset,
-    folder_test_batches,
     food101n,
-    keep_good_images,
     scan_image_folder,
-    verify_images,
     web_dataset,
 )
 from asymco.errors import UserError

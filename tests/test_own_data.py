@@ -102,11 +102,11 @@ def food_tree(root: Path) -> None:
 
 
 def test_food101n_layout_with_resnet50_and_the_200_logit_quirk(tmp_path, monkeypatch):
-    from asymco.data import folders
+    from asymco.data import layouts
 
     food_tree(tmp_path / "food")
     # The real Food-101N has 101 classes; the tiny stand-in has 3.
-    original = folders.food101n
+    original = layouts.food101n
     monkeypatch.setattr("asymco.data.datasets.food101n",
                         lambda root, test_root=None: original(root, test_root, num_classes=3))
     out = tmp_path / "run"

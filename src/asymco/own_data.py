@@ -52,7 +52,7 @@ def _survey(kind: str, root: Path) -> tuple[int, int, int]:
         return shape[0], min(shape[1:3]), shape[3] if len(shape) == 4 else 1
     from PIL import Image
 
-    from asymco.data.folders import csv_dataset, scan_image_folder
+    from asymco.data.layouts import csv_dataset, scan_image_folder
 
     split = scan_image_folder(root) if kind == "folder" else csv_dataset(root)
     sides = []

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from asymco.config import DataConfig
-from asymco.data.folders import (
+from asymco.data.folders import keep_good_images
+from asymco.data.layouts import (
     FolderSplit,
     check_split,
     csv_dataset,
     food101n,
-    keep_good_images,
     scan_image_folder,
     web_dataset,
 )
