@@ -195,6 +195,13 @@ class SmallLossPair(Method):
             )
         return float(tau)
 
+    def forward_pair(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
+        """Both nets on the same weak view: (z1, z2, per-sample CE of each, forget rate)."""
+        z1 = self.fwd["net1"](batch.weak)
+        z2 = self.fwd["net2"](batch.weak)
+        ce1, ce2 = self.per_sample_ce(z1, batch.label), self.per_sample_ce(z2, batch.label)
+        return z1, z2, ce1, ce2, self.current_forget_rate()
+
     def current_forget_rate(self) -> float:
         """The forget rate of `self.epoch`; 0 in engine warmup epochs (everything counts)."""
         if self.warmup:
@@ -240,10 +247,7 @@ class CoTeaching(SmallLossPair):
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         label = batch.label
-        z1 = self.fwd["net1"](batch.weak)  # same batch, same view for both nets
-        z2 = self.fwd["net2"](batch.weak)
-        forget = self.current_forget_rate()
-        ce1, ce2 = self.per_sample_ce(z1, label), self.per_sample_ce(z2, label)
+        z1, z2, ce1, ce2, forget = self.forward_pair(batch)
         loss1, loss2, keep1 = coteaching_losses(ce1, ce2, num_remember(len(label), 1 - forget))
         self._record(batch.index, keep1)
         return {

@@ -59,10 +59,7 @@ class CoTeachingPlus(SmallLossPair):
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         label = batch.label
-        z1 = self.fwd["net1"](batch.weak)
-        z2 = self.fwd["net2"](batch.weak)
-        forget = self.current_forget_rate()
-        ce1, ce2 = self.per_sample_ce(z1, label), self.per_sample_ce(z2, label)
+        z1, z2, ce1, ce2, forget = self.forward_pair(batch)
         # Predictions only decide membership: no gradient flows through the argmax.
         disagree = z1.detach().argmax(1) != z2.detach().argmax(1)
         if self.in_init_phase():  # a Python decision per epoch, not per sample

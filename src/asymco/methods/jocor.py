@@ -77,10 +77,7 @@ class JoCoR(SmallLossPair):
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         label = batch.label
-        z1 = self.fwd["net1"](batch.weak)
-        z2 = self.fwd["net2"](batch.weak)
-        forget = self.current_forget_rate()
-        ce1, ce2 = self.per_sample_ce(z1, label), self.per_sample_ce(z2, label)
+        z1, z2, ce1, ce2, forget = self.forward_pair(batch)
         kl = symmetric_kl(z1, z2)
         joint = jocor_loss(ce1, ce2, kl, self.co_lambda)
         # One selection by the joint loss: a sample the nets disagree on ranks high even when
