@@ -15,6 +15,7 @@ from asymco.augment import random_crop, random_flip
 from asymco.config import TrainConfig, to_dict
 from asymco.data.loader import ArrayLoader, normalizer_for
 from asymco.data.pil_loader import PilLoader
+from asymco.data.sharding import BatchPlan
 from asymco.engine import loop
 from asymco.engine.checkpoint import load_checkpoint
 from asymco.engine.precision import resolve_execution
@@ -52,13 +53,13 @@ def test_every_sample_once_per_epoch_with_both_views(kind):
     images, labels = _images()
     cpu = torch.device("cpu")
     normalize = normalizer_for(images, "imagenet", cpu, torch.channels_last)
-    common = dict(batch_size=32, views="cifar", normalize=normalize, device=cpu, seed=0)
+    common = dict(plan=BatchPlan(70, 32, seed=0), views="cifar", normalize=normalize, device=cpu)
     loader = (PilLoader(images, labels, workers=0, **common) if kind == "pil"
               else ArrayLoader(images, labels, **common))
     assert len(loader) == 3
-    for strong in (True, False):
+    for epoch, strong in enumerate((True, False)):
         seen = []
-        for batch in loader.epoch(strong=strong):
+        for batch in loader.epoch(epoch, strong=strong):
             assert batch.weak.shape == (len(batch.index), 3, 32, 32)
             assert batch.weak.dtype == torch.float32
             assert batch.weak.is_contiguous(memory_format=torch.channels_last)
@@ -130,13 +131,17 @@ def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_checkpoint(tmp_pat
 
 def test_an_epoch_reads_the_device_once(tmp_path, monkeypatch):
     """Without a progress bar, figures are read from the device once per epoch, not per step."""
-    calls = {"item": 0, "in_epoch": False}
-    original_item = torch.Tensor.item
-    original_run = loop.run_epoch
+    calls = {"reads": 0, "in_epoch": False}
+    original_run = loop._Epoch.run
 
-    def counting_item(self):
-        calls["item"] += calls["in_epoch"]
-        return original_item(self)
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args):
+            calls["reads"] += calls["in_epoch"]
+            return original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
 
     def tracked_run(*args, **kwargs):
         calls["in_epoch"] = True
@@ -145,7 +150,8 @@ def test_an_epoch_reads_the_device_once(tmp_path, monkeypatch):
         finally:
             calls["in_epoch"] = False
 
-    monkeypatch.setattr(torch.Tensor, "item", counting_item)
-    monkeypatch.setattr(loop, "run_epoch", tracked_run)
+    for name in ("item", "tolist", "__int__", "__float__", "__bool__"):
+        counting(name)
+    monkeypatch.setattr(loop._Epoch, "run", tracked_run)
     _quick(tmp_path)
-    assert calls["item"] == 2  # one read per epoch (the non-finite check), 23 batches each
+    assert calls["reads"] == 2  # one read per epoch (non-finite and visit checks), 23 batches each

@@ -33,6 +33,7 @@ from asymco.data.layouts import (
     scan_image_folder,
     web_dataset,
 )
+from asymco.data.sharding import BatchPlan
 from asymco.errors import UserError
 from asymco.randaugment import OPS, RandAugmentUDA
 
@@ -297,13 +298,13 @@ def test_views_are_uint8_squares(tree, size: int, resize: int) -> None:
 
 
 def _loader(split: FolderSplit, seed: int, workers: int) -> FolderLoader:
-    return FolderLoader(split.paths, split.labels, batch_size=3, size=12, resize=14,
-                        normalize=Normalizer(IMAGENET_MEAN, IMAGENET_STD, CPU), device=CPU,
-                        seed=seed, workers=workers)
+    return FolderLoader(split.paths, split.labels, plan=BatchPlan(len(split.labels), 3, seed),
+                        size=12, resize=14, normalize=Normalizer(IMAGENET_MEAN, IMAGENET_STD, CPU),
+                        device=CPU, workers=workers)
 
 
-def _run(loader: FolderLoader, strong: bool) -> list:
-    return [tuple(x for x in batch) for batch in loader.epoch(strong=strong)]
+def _run(loader: FolderLoader, strong: bool, epoch: int) -> list:
+    return [tuple(x for x in batch) for batch in loader.epoch(epoch, strong=strong)]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -311,21 +312,21 @@ def test_folder_loader(tree, workers: int) -> None:
     split = scan_image_folder(tree[0])
     loader = _loader(split, seed=7, workers=workers)
     assert len(loader) == 3 and loader.num_samples == 8
-    first = _run(loader, strong=True)
+    first = _run(loader, strong=True, epoch=0)
     index = torch.cat([b[0] for b in first])
     assert sorted(index.tolist()) == list(range(8))  # every sample exactly once
     for index_, weak, strong, label in first:
         assert weak.dtype == torch.float32 and weak.shape[1:] == (3, 12, 12)
         assert strong.shape == weak.shape
         assert torch.equal(label, torch.from_numpy(split.labels)[index_])
-    second = _run(loader, strong=False)
+    second = _run(loader, strong=False, epoch=1)
     assert all(b[2] is None for b in second)
     assert sorted(torch.cat([b[0] for b in second]).tolist()) == list(range(8))
 
     again = _loader(split, seed=7, workers=workers)  # same seed: same order and same pixels
-    for a, b in zip(first + second, _run(again, True) + _run(again, False), strict=True):
+    for a, b in zip(first + second, _run(again, True, 0) + _run(again, False, 1), strict=True):
         assert all(x is y is None or torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    other = _run(_loader(split, seed=8, workers=workers), True)
+    other = _run(_loader(split, seed=8, workers=workers), True, 0)
     assert not all(torch.equal(a[1], b[1]) for a, b in zip(first, other, strict=True))
 
 

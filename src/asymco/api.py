@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,10 +23,12 @@ from asymco.data.folders import FolderLoader, folder_test_batches
 from asymco.data.loader import ArrayLoader, normalizer_for, to_device_images
 from asymco.data.noisy import NoisyData, apply_noise
 from asymco.data.pil_loader import PilLoader
-from asymco.engine.checkpoint import load_checkpoint, save_checkpoint
+from asymco.data.sharding import BatchPlan
+from asymco.engine.checkpoint import load_checkpoint, remove_partial_writes, save_checkpoint
 from asymco.engine.device import resolve_device, rng_state, seed_everything, set_rng_state
+from asymco.engine.distributed import Dist, init_distributed, shutdown, state_digest
 from asymco.engine.evaluate import Batches, array_batches, predict_probs
-from asymco.engine.loop import fit
+from asymco.engine.loop import Position, fit
 from asymco.engine.lr import build_lr_plan
 from asymco.engine.precision import Execution, resolve_execution
 from asymco.engine.rundir import RunDir
@@ -169,11 +172,11 @@ class _Pipeline:
     """The training images without augmentation, in order (for label_issues.csv)."""
 
 
-def _pipeline(cfg: RunConfig, data: NoisyData, exe: Execution) -> _Pipeline:
+def _pipeline(cfg: RunConfig, data: NoisyData, exe: Execution, plan: BatchPlan) -> _Pipeline:
     """Training loader and evaluation batches: arrays on the device, or image files."""
     d, device = cfg.data, exe.device
     eval_batch = d.eval_batch_size or (1024 if device.type == "cuda" else 128)
-    common = {"batch_size": d.batch_size, "device": device, "seed": cfg.train.seed}
+    common = {"plan": plan, "device": device}
     if data.paths is not None:
         normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, exe.memory_format())
         size = {"size": d.image_size, "resize": d.resize or d.image_size}
@@ -240,7 +243,7 @@ def _workers(cfg: RunConfig) -> int:
     return cfg.data.workers if cfg.data.workers is not None else min(4, os.cpu_count() or 1)
 
 
-def _build_method(cfg: RunConfig, data: NoisyData, exe: Execution) -> Method:
+def _build_method(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) -> Method:
     channels = 3 if data.paths is not None else data.images.shape[-1]
     model_options = {
         "cnn7": {"mlp_head": cfg.model.mlp_head},
@@ -258,40 +261,52 @@ def _build_method(cfg: RunConfig, data: NoisyData, exe: Execution) -> Method:
             cfg.model.name, num_classes=outputs, in_channels=channels, **model_options
         ),
     )
+    if dist.enabled and exe.device.type == "cuda" and cfg.train.sync_batchnorm:
+        for name, net in list(method.nets.items()):
+            method.add_net(name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(net))
     method.to(exe.device, memory_format=exe.memory_format())
-    if cfg.train.compile:  # wrap only the training forwards: state_dict keys stay plain
-        method.fwd.update({name: torch.compile(net) for name, net in method.nets.items()})
+    method.dist = dist
+    for name, views in method.fwd.items():
+        if cfg.train.compile:  # only the training forwards: state_dict keys stay plain
+            views.net = torch.compile(views.net)
+        method.fwd[name] = dist.wrap(views, exe.device)
     if exe.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return method
 
 
 def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:
-    """Train `cfg` into a run directory (new, or continued from its checkpoint with `resume`)."""
+    """Train `cfg` into a run directory (new, or continued from its checkpoint with `resume`).
+
+    Under torchrun every process calls this; they train together and rank 0 writes the run."""
     wall_start = time.perf_counter()
     check_names(cfg)
     if not resume:
         cfg = fill_forget_rate(cfg)
-    device = resolve_device(cfg.train.device)
-    exe = resolve_execution(cfg.train, device)
-    path = Path(out_dir) if out_dir else default_out_dir(cfg)
-    existed = path.exists()
-    run = RunDir.prepare(path, resume=resume)
+    dist, device_name = init_distributed(cfg.train.device)
     try:
-        return _train_into(run, cfg, exe, resume=resume, wall_start=wall_start)
-    except BaseException:
-        if not existed and path.is_dir() and not any(path.iterdir()):
-            path.rmdir()  # a run that failed before writing anything leaves no empty folder
-        raise
+        device = resolve_device(device_name)
+        exe = resolve_execution(cfg.train, device)
+        path = Path(out_dir) if out_dir else dist.on_main(lambda: default_out_dir(cfg))
+        existed = path.exists()
+        run = dist.on_main(lambda: RunDir.prepare(path, resume=resume))
+        try:
+            return _train_into(run, cfg, exe, dist, resume=resume, wall_start=wall_start)
+        except BaseException:
+            if dist.is_main and not existed and path.is_dir() and not any(path.iterdir()):
+                path.rmdir()  # a run that failed before writing anything leaves no empty folder
+            raise
+    finally:
+        shutdown(dist)
 
 
 def _train_into(
-    run: RunDir, cfg: RunConfig, exe: Execution, *, resume: bool, wall_start: float
+    run: RunDir, cfg: RunConfig, exe: Execution, dist: Dist, *, resume: bool, wall_start: float
 ) -> RunResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
-    if cfg.train.warmup_epochs >= cfg.train.epochs:
+    seed_everything(cfg.train.seed)  # the same on every rank: the nets start identical
+    if cfg.train.warmup_epochs >= cfg.train.epochs and dist.is_main:
         logger.warning(
             "train.warmup_epochs (%d) >= train.epochs (%d): every epoch is warmup",
             cfg.train.warmup_epochs,
@@ -299,66 +314,138 @@ def _train_into(
         )
 
     data = _load_data(cfg)
-    method = _build_method(cfg, data, exe)
+    num_samples = len(data.noisy_label)
+    method = _build_method(cfg, data, exe, dist)
     optimizer = _optimizer(method.param_groups(), cfg)
-    pipe = _pipeline(cfg, data, exe)
-    loader = pipe.loader
+    plan = BatchPlan(
+        num_samples, cfg.data.batch_size, cfg.train.seed, rank=dist.rank, world=dist.world
+    )
+    pipe = _pipeline(cfg, data, exe, plan)
     config = to_dict(cfg)
 
-    history: list[dict] = []
+    start = Position([])
     if resume:
-        state = load_checkpoint(run.checkpoint, num_samples=len(data.noisy_label), config=config)
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        loader.generator.set_state(state["loader_rng"])
-        history = list(state["history"])
-        logger.info("resuming %s after epoch %d", run.path, len(history))
+
+        def load() -> dict:
+            remove_partial_writes(run.checkpoint)
+            return load_checkpoint(run.checkpoint, num_samples=num_samples, config=config)
+
+        state = dist.on_main(load)
+        start = _restore(state, method, optimizer, dist)
+        if dist.is_main:
+            logger.info("resuming %s at epoch %d, step %d", run.path, start.epoch + 1, start.step)
     else:
-        run.write_config(config)
-        run.write_array("noisy_labels.npy", data.noisy_labels_full)
-        if data.transition is not None:
-            run.write_array("noise_transition.npy", data.transition)
 
-    scalars = ScalarLog(run.path / "tensorboard") if cfg.log.tensorboard else None
+        def first_files() -> None:
+            check_free_space(run.path, method, optimizer)
+            run.write_config(config)
+            run.write_array("noisy_labels.npy", data.noisy_labels_full)
+            if data.transition is not None:
+                run.write_array("noise_transition.npy", data.transition)
 
-    def checkpoint(rows: list[dict]) -> None:
-        if scalars is not None:
-            scalars.write(rows[-1])
-        save_checkpoint(
-            run.checkpoint,
-            method=method.state_dict(),
-            optimizer=optimizer.state_dict(),
-            rng=rng_state(),
-            loader_rng=loader.generator.get_state(),
-            history=rows,
-            config=config,
-            num_samples=len(data.noisy_label),
-        )
-        run.write_metrics(rows)
+        dist.on_main(first_files)
+
+    scalars = ScalarLog(run.path / "tensorboard") if cfg.log.tensorboard and dist.is_main else None
+
+    def save(position: Position) -> None:
+        rngs = dist.gather(rng_state())  # every rank's RNGs, in rank order
+
+        def write() -> None:
+            at_epoch_end = position.step == 0
+            if scalars is not None and at_epoch_end:
+                scalars.write(position.history[-1])
+            save_checkpoint(
+                run.checkpoint,
+                method=method.state_dict(),
+                optimizer=optimizer.state_dict(),
+                rng=rngs,
+                world_size=dist.world,
+                history=position.history,
+                step=position.step,
+                sums={k: torch.as_tensor(v).cpu() for k, v in position.sums.items()},
+                config=config,
+                num_samples=num_samples,
+            )
+            if at_epoch_end:
+                run.write_metrics(position.history)
+
+        dist.on_main(write)
 
     history = fit(
         method,
         optimizer,
-        loader,
+        pipe.loader,
         pipe.test,
         exe=exe,
         plans=_lr_plans(cfg),
         epochs=cfg.train.epochs,
         warmup_epochs=cfg.train.warmup_epochs,
         is_clean=None if data.is_clean is None else torch.from_numpy(data.is_clean),
-        history=history,
-        on_epoch_end=checkpoint,
+        start=start,
+        save=save,
+        checkpoint_steps=cfg.train.checkpoint_steps,
+        dist=dist,
         progress=cfg.train.progress,
     )
     if scalars is not None:
         scalars.close()
-    with exe.autocast():
-        _write_label_issues(run, method, data, pipe.train_eval, cfg, len(history))
-    summary = summarize(cfg, history, data, exe=exe, wall_seconds=time.perf_counter() - wall_start)
-    run.write_summary(summary)
+    digests = dist.gather(state_digest(method.per_sample_buffers()))
+
+    def finish() -> dict:
+        with exe.autocast():
+            _write_label_issues(run, method, data, pipe.train_eval, cfg, len(history))
+        summary = summarize(
+            cfg, history, data, exe=exe, wall_seconds=time.perf_counter() - wall_start
+        )
+        summary["distributed"] = {
+            "world_size": dist.world,
+            "backend": dist.backend,
+            "per_sample_state_sha256": digests,  # one per rank: equal when the ranks agree
+        }
+        run.write_summary(summary)
+        return summary
+
+    summary = dist.on_main(finish)
     model = method.eval_nets()[method.reported_net].eval()
     return RunResult(run.path, summary, history, model)
+
+
+def _restore(state: dict, method: Method, optimizer: torch.optim.Optimizer, dist: Dist) -> Position:
+    """Load a checkpoint's state into this process; where training stands."""
+    step, writers = state["step"], state["world_size"]
+    if writers != dist.world:
+        if step:
+            raise UserError(
+                f"the checkpoint was written in the middle of an epoch by {writers} "
+                f"process(es); resume it with {writers} (torchrun --nproc-per-node {writers})"
+            )
+        if dist.is_main:
+            logger.warning(
+                "the checkpoint was written by %d process(es), this run has %d: it continues "
+                "at the epoch boundary, but not bit-identically",
+                writers,
+                dist.world,
+            )
+    method.load_state_dict(state["method"])
+    optimizer.load_state_dict(state["optimizer"])
+    rngs = state["rng"]
+    set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
+    return Position(list(state["history"]), step, dict(state["sums"]))
+
+
+def check_free_space(path: Path, method: Method, optimizer: torch.optim.Optimizer) -> None:
+    """Fail before training when the disk cannot hold the checkpoint twice (the atomic write
+    keeps the previous one until the new one is complete)."""
+    params = (p for group in optimizer.param_groups for p in group["params"])
+    tensors = [*method.state_dict().values(), *params]  # nets and state, plus SGD momentum
+    checkpoint = sum(t.numel() * t.element_size() for t in tensors)
+    need = 2 * checkpoint + 16 * 2**20  # two copies, plus metrics, labels and label issues
+    free = shutil.disk_usage(path).free
+    if free < need:
+        raise UserError(
+            f"only {free / 2**20:.0f} MB are free under {path}; this run's checkpoints need "
+            f"about {need / 2**20:.0f} MB"
+        )
 
 
 def _write_label_issues(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def _train(args: argparse.Namespace) -> int:
             raise UserError("--device cannot change on --resume; it is part of the saved run")
     result = api.train(cfg, out_dir=args.out, resume=args.resume)
     s = result.summary
+    if not _is_main_process():
+        return 0
     paper = f" (paper: {s['paper_test_acc']:.2f})" if s["paper_test_acc"] is not None else ""
     print(
         f"{s['preset']} / {s['method']}: last-10 test accuracy "
@@ -189,14 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_main_process() -> bool:
+    """False on every torchrun rank but 0: they train, but print nothing (rank 0 speaks)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    speaks = _is_main_process()
+    logging.basicConfig(
+        level=logging.INFO if speaks else logging.WARNING, format="%(message)s", stream=sys.stderr
+    )
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except UserError as err:
-        print(f"asymco: error: {err}", file=sys.stderr)
+        if speaks:
+            print(f"asymco: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("asymco: interrupted; continue with --resume --out <run directory>", file=sys.stderr)
+        if speaks:
+            print(
+                "asymco: interrupted; continue with --resume --out <run directory>",
+                file=sys.stderr,
+            )
         return 130

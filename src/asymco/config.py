@@ -249,11 +249,20 @@ class TrainConfig:
     too (benchmarks/cpu_settings.py: 1.17x per ACT step, ~2x in evaluation)."""
     compile: bool = False
     """Wrap the nets' training forwards in torch.compile (same algorithm, faster kernels)."""
+    checkpoint_steps: int = 0
+    """Also write checkpoint.pt every this many training steps inside an epoch, so a killed run
+    loses at most that many steps (0: only at the end of each epoch). Resuming from either kind
+    continues exactly."""
+    sync_batchnorm: bool = True
+    """With several GPU processes (torchrun), BatchNorm statistics over the whole global batch
+    (SyncBatchNorm), as one process would compute them. CPU processes (gloo) cannot: there each
+    process normalises over its own share of the batch."""
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", "must be positive")
         _check(self.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
         _check(self.threads is None or self.threads > 0, "train.threads", "must be positive")
+        _check(self.checkpoint_steps >= 0, "train.checkpoint_steps", "must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,6 @@ Pillow reads LOAD_TRUNCATED_IMAGES from a module global, so decoding here sets i
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,12 +26,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision.transforms import functional as TF
 
 from asymco.augment import Normalizer
 from asymco.data.layouts import FolderSplit
 from asymco.data.loader import Batch
+from asymco.data.sharding import BatchPlan, item_seed
 from asymco.errors import UserError
 from asymco.randaugment import RandAugmentUDA
 
@@ -143,8 +143,9 @@ class FolderViewDataset(Dataset):
     """Decodes one image per item and returns (index, weak, strong, label).
 
     `weak` is uint8 (3, size, size); `strong` is the same with RandAugment, or an empty tensor
-    when `with_strong` is False (always in test mode). Random draws come from `self.rng`, which
-    the loaders seed per epoch or per worker, so a seeded run repeats its augmentations.
+    when `with_strong` is False (always in test mode). Random draws come from a per-sample RNG
+    seeded from `epoch_seed` and the index, so a seeded run repeats its augmentations whichever
+    worker decodes an image, and a resumed run repeats them too.
 
     Args:
         paths: (N,) image paths.
@@ -175,10 +176,7 @@ class FolderViewDataset(Dataset):
         self.with_strong = strong and train
         self.truncated_ok = truncated_ok
         self.randaugment = RandAugmentUDA()
-        self.rng = random.Random(0)
-
-    def reseed(self, seed: int) -> None:
-        self.rng.seed(seed)
+        self.epoch_seed = 0
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -198,15 +196,15 @@ class FolderViewDataset(Dataset):
                 "images first with on_bad_image set to 'skip' or 'stop'"
             ) from exc
 
-    def _flip_crop(self, img: Image.Image) -> Image.Image:
-        if self.rng.random() < 0.5:
+    def _flip_crop(self, img: Image.Image, rng: random.Random) -> Image.Image:
+        if rng.random() < 0.5:
             img = TF.hflip(img)
         # RandomCrop(pad_if_needed=True) pads a short side by the whole shortfall on both ends.
         w, h = img.size
         if w < self.size or h < self.size:
             img = TF.pad(img, [max(self.size - w, 0), max(self.size - h, 0)])
             w, h = img.size
-        top, left = self.rng.randint(0, h - self.size), self.rng.randint(0, w - self.size)
+        top, left = rng.randint(0, h - self.size), rng.randint(0, w - self.size)
         return TF.crop(img, top, left, self.size, self.size)
 
     def __getitem__(self, index: int) -> tuple[int, Tensor, Tensor, int]:
@@ -220,9 +218,10 @@ class FolderViewDataset(Dataset):
                 int(self.labels[index]),
             )
         # Weak and strong views are independent draws from the same decoded image.
-        weak = TF.pil_to_tensor(self._flip_crop(img))
+        rng = random.Random(item_seed(self.epoch_seed, index))
+        weak = TF.pil_to_tensor(self._flip_crop(img, rng))
         strong = (
-            TF.pil_to_tensor(self.randaugment(self._flip_crop(img), self.rng))
+            TF.pil_to_tensor(self.randaugment(self._flip_crop(img, rng), rng))
             if self.with_strong
             else empty
         )
@@ -230,30 +229,25 @@ class FolderViewDataset(Dataset):
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: seed python `random`, numpy and the dataset's RNG from the
-    worker's torch seed, which the DataLoader derives from its generator."""
+    """DataLoader `worker_init_fn`: seed python `random` and numpy from the worker's torch seed,
+    for any library code that draws from them (our own draws use per-sample seeds)."""
     info = get_worker_info()
     if info is None:
         return
     random.seed(info.seed)
     np.random.seed(info.seed % 2**32)
-    if isinstance(info.dataset, FolderViewDataset):
-        info.dataset.reseed(info.seed)
 
 
 class FolderLoader:
-    """Same interface as `PilLoader`: `epoch(strong=...)` yields device `Batch`es.
+    """Same interface as `ArrayLoader`: `epoch(...)` yields device `Batch`es.
 
     Args:
         paths, labels: The training split (verify it first: a bad image stops the epoch).
-        batch_size: Images per batch; the last batch may be smaller.
+        plan: Which samples each step holds (and the seeds of their augmentations).
         size, resize: Crop side and shorter-side resize, as `FolderViewDataset`.
         normalize: uint8 -> float on the device.
         device: Where batches go.
-        seed: Seeds the shuffle and the augmentation of every epoch.
         workers: DataLoader worker processes (0: decode in this process).
-        sampler: Replaces the seeded shuffle, e.g. a DistributedSampler; its `set_epoch` is
-            called with this loader's epoch count.
         truncated_ok: Decode truncated images.
     """
 
@@ -262,52 +256,38 @@ class FolderLoader:
         paths: Sequence[str] | np.ndarray,
         labels: Sequence[int] | np.ndarray,
         *,
-        batch_size: int,
+        plan: BatchPlan,
         size: int,
         resize: int,
         normalize: Normalizer,
         device: torch.device,
-        seed: int,
         workers: int,
-        sampler: Sampler[int] | None = None,
         truncated_ok: bool = True,
     ) -> None:
         self.dataset = FolderViewDataset(
             paths, labels, train=True, size=size, resize=resize, truncated_ok=truncated_ok
         )
-        self.batch_size = batch_size
+        self.plan = plan
         self.normalize = normalize
         self.device = device
         self.workers = workers
-        self.sampler = sampler
-        self.generator = torch.Generator().manual_seed(seed)
-        self.epochs_started = 0
 
     def __len__(self) -> int:
-        n = len(self.sampler) if self.sampler is not None else len(self.dataset)  # type: ignore[arg-type]
-        return math.ceil(n / self.batch_size)
+        return len(self.plan)
 
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
 
-    def epoch(self, *, strong: bool) -> Iterator[Batch]:
-        # A fresh DataLoader per epoch hands the workers the current `with_strong` flag.
+    def epoch(self, epoch: int, *, strong: bool, start_step: int = 0) -> Iterator[Batch]:
+        """This process's batches of `epoch`, from step `start_step` on."""
+        # A fresh DataLoader per epoch hands the workers the current flag and epoch seed.
         self.dataset.with_strong = strong
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(self.epochs_started)  # type: ignore[union-attr]
-        self.epochs_started += 1
-        if self.workers == 0:
-            # No worker gets a torch seed: draw one from the generator for this process.
-            self.dataset.reseed(int(torch.randint(2**62, (), generator=self.generator)))
+        self.dataset.epoch_seed = self.plan.epoch_seed(epoch)
         loader = DataLoader(
             self.dataset,
-            batch_size=self.batch_size,
-            shuffle=self.sampler is None,
-            sampler=self.sampler,
-            drop_last=False,
+            batch_sampler=[b.tolist() for b in self.plan.batches(epoch)[start_step:]],
             num_workers=self.workers,
-            generator=self.generator,
             worker_init_fn=seed_worker,
             pin_memory=self.device.type == "cuda",
         )

@@ -2,7 +2,9 @@
 step gathers its batch by index and builds the views there.
 
 Each epoch visits every sample exactly once in a seeded random order (shuffle, no dropped last
-batch, as the official loader), so per-sample state is updated once per sample per epoch.
+batch, as the official loader), so per-sample state is updated once per sample per epoch. Which
+samples a step holds, and its augmentation RNG, come from a `BatchPlan` (sharding.py), so a run
+can start at any step of any epoch and several processes can share one epoch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor
 
 from asymco.augment import IMAGENET_MEAN, IMAGENET_STD, VIEWS, Normalizer
+from asymco.data.sharding import BatchPlan
 
 
 class Batch(NamedTuple):
@@ -58,32 +61,32 @@ class ArrayLoader:
         images: np.ndarray,
         labels: np.ndarray,
         *,
-        batch_size: int,
+        plan: BatchPlan,
         views: str,
         normalize: Normalizer,
         device: torch.device,
-        seed: int,
     ) -> None:
         self.images = to_device_images(images, device)
         self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
-        self.batch_size = batch_size
+        self.plan = plan
         self.weak_fn, self.strong_fn = VIEWS[views]
         self.normalize = normalize
         self.device = device
-        self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+        return len(self.plan)
 
     @property
     def num_samples(self) -> int:
         return len(self.labels)
 
-    def epoch(self, *, strong: bool) -> Iterator[Batch]:
-        order = torch.randperm(self.num_samples, generator=self.generator).to(self.device)
-        for start in range(0, self.num_samples, self.batch_size):
-            index = order[start : start + self.batch_size]
+    def epoch(self, epoch: int, *, strong: bool, start_step: int = 0) -> Iterator[Batch]:
+        """This process's batches of `epoch`, from step `start_step` on."""
+        batches = self.plan.batches(epoch)
+        for step in range(start_step, len(batches)):
+            index = batches[step].to(self.device)
+            gen = self.plan.generator(epoch, step)
             raw = self.images[index]
-            weak = self.normalize(self.weak_fn(raw, self.generator))
-            strong_view = self.normalize(self.strong_fn(raw, self.generator)) if strong else None
+            weak = self.normalize(self.weak_fn(raw, gen))
+            strong_view = self.normalize(self.strong_fn(raw, gen)) if strong else None
             yield Batch(index, weak, strong_view, self.labels[index])

@@ -18,6 +18,7 @@ from torchvision import transforms as T
 
 from asymco.augment import Normalizer
 from asymco.data.loader import Batch
+from asymco.data.sharding import BatchPlan, item_seed
 
 
 class _Cutout:
@@ -53,6 +54,7 @@ class _ViewDataset(Dataset):
         self.images, self.labels = images, labels
         self.weak, self.strong = pil_views(views, images.shape[1])
         self.with_strong = True
+        self.epoch_seed = 0
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -60,8 +62,12 @@ class _ViewDataset(Dataset):
     def __getitem__(self, index: int):
         array = self.images[index]
         img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-        weak = self.weak(img)
-        strong = self.strong(img) if self.with_strong else torch.empty(0)
+        # torchvision draws from the global torch RNG: seed it per sample (and restore it), so
+        # the draw does not depend on the worker, the worker count or where a run resumed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed(self.epoch_seed, index))
+            weak = self.weak(img)
+            strong = self.strong(img) if self.with_strong else torch.empty(0)
         return index, weak, strong, int(self.labels[index])
 
 
@@ -73,38 +79,33 @@ class PilLoader:
         images: np.ndarray,
         labels: np.ndarray,
         *,
-        batch_size: int,
+        plan: BatchPlan,
         views: str,
         normalize: Normalizer,
         device: torch.device,
-        seed: int,
         workers: int,
     ) -> None:
         self.dataset = _ViewDataset(images, labels, views)
-        self.batch_size = batch_size
+        self.plan = plan
         self.normalize = normalize
         self.device = device
         self.workers = workers
-        self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return (len(self.dataset) + self.batch_size - 1) // self.batch_size
+        return len(self.plan)
 
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
 
-    def epoch(self, *, strong: bool) -> Iterator[Batch]:
-        # A fresh DataLoader per epoch hands the workers the current `with_strong` flag; the
-        # shared generator seeds both the shuffle and the workers' augmentation RNGs.
+    def epoch(self, epoch: int, *, strong: bool, start_step: int = 0) -> Iterator[Batch]:
+        # A fresh DataLoader per epoch hands the workers the current flag and epoch seed.
         self.dataset.with_strong = strong
+        self.dataset.epoch_seed = self.plan.epoch_seed(epoch)
         loader = DataLoader(
             self.dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=False,
+            batch_sampler=[b.tolist() for b in self.plan.batches(epoch)[start_step:]],
             num_workers=self.workers,
-            generator=self.generator,
             pin_memory=self.device.type == "cuda",
         )
         for index, weak, strong_view, label in loader:

@@ -12,11 +12,29 @@ import torch
 from asymco.engine.files import torch_bytes, write_atomic
 from asymco.errors import UserError
 
-FORMAT = 1
+FORMAT = 2  # 2: per-rank RNG states, mid-epoch position, no loader RNG
+REQUIRED = {
+    "method",
+    "optimizer",
+    "rng",
+    "world_size",
+    "history",
+    "step",
+    "sums",
+    "config",
+    "num_samples",
+}
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:
+    """Write the checkpoint atomically: a crash while saving leaves the previous one intact."""
     write_atomic(path, torch_bytes({"format": FORMAT, **state}))
+
+
+def remove_partial_writes(path: Path) -> None:
+    """Delete temporary files a killed process left beside `path` (never `path` itself)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path, *, num_samples: int, config: dict) -> dict:
@@ -30,6 +48,9 @@ def load_checkpoint(path: Path, *, num_samples: int, config: dict) -> dict:
         raise UserError(f"checkpoint {path} is corrupt or truncated ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not an asymco checkpoint of format {FORMAT}")
+    missing = sorted(REQUIRED - state.keys())
+    if missing:
+        raise UserError(f"checkpoint {path} is incomplete (it lacks {', '.join(missing)})")
     if state.get("num_samples") != num_samples:
         raise UserError(
             f"checkpoint {path} was written for {state.get('num_samples')} training samples, "

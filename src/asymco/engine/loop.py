@@ -2,7 +2,11 @@
 
 Per epoch: set each parameter group's LR from its plan, run the batches (training_step ->
 backward -> step), evaluate every net on the test set, score the selection against the clean
-mask, append one metrics row, write the checkpoint and metrics.jsonl.
+mask, append one metrics row, and hand the new `Position` to `save` (checkpoint, metrics.jsonl).
+With `checkpoint_steps`, `save` also gets a mid-epoch position every that many steps.
+
+Under torchrun every rank runs this loop on its share of each batch; per-sample state and the
+epoch's figures are combined over ranks before anything is scored or saved.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -18,6 +24,7 @@ from tqdm import tqdm
 from asymco.data.folders import FolderLoader
 from asymco.data.loader import ArrayLoader
 from asymco.data.pil_loader import PilLoader
+from asymco.engine.distributed import Dist, sync_rows
 from asymco.engine.evaluate import Batches, accuracy, selection_scores
 from asymco.engine.precision import Execution
 from asymco.errors import UserError
@@ -25,6 +32,22 @@ from asymco.methods.base import Method
 
 logger = logging.getLogger(__name__)
 Loader = ArrayLoader | PilLoader | FolderLoader
+NO_BAD_STEP = 2**62
+ALONE = Dist()
+
+
+@dataclass
+class Position:
+    """Where training stands: the finished epochs' metrics rows and, inside the next epoch, the
+    steps already done with the sums of their figures (a mid-epoch checkpoint)."""
+
+    history: list[dict]
+    step: int = 0
+    sums: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
 
 
 def fit(
@@ -38,79 +61,134 @@ def fit(
     epochs: int,
     warmup_epochs: int,
     is_clean: Tensor | None,
-    history: list[dict],
-    on_epoch_end: Callable[[list[dict]], None],
+    start: Position,
+    save: Callable[[Position], None],
+    checkpoint_steps: int = 0,
+    dist: Dist = ALONE,
     progress: bool = True,
 ) -> list[dict]:
-    """Train from epoch `len(history)` to `epochs`; returns the full per-epoch history."""
+    """Train from `start` to the end of epoch `epochs`; returns the full per-epoch history."""
     scaler = exe.make_scaler()
-    for epoch in range(len(history), epochs):
+    history = start.history
+    for epoch in range(start.epoch, epochs):
         warmup = epoch < warmup_epochs
         for group in optimizer.param_groups:
             group["lr"] = plans[group["plan"]][epoch]
         method.train()
-        method.on_epoch_start(epoch, warmup=warmup)
-        start = time.perf_counter()
-        sums = run_epoch(method, optimizer, scaler, loader, exe, epoch, epochs, progress)
-        seconds = time.perf_counter() - start
-        row = _epoch_row(method, sums, test, is_clean, optimizer, exe, epoch, warmup)
+        resumed = start if epoch == start.epoch and start.step > 0 else Position(history)
+        if resumed.step:  # the epoch's resets already happened before the checkpoint
+            method.set_phase(epoch, warmup=warmup)
+        else:
+            method.on_epoch_start(epoch, warmup=warmup)
+        began = time.perf_counter()
+        epoch_run = _Epoch(method, optimizer, scaler, loader, exe, dist, epoch, resumed)
+        sums, visits = epoch_run.run(epochs, progress, checkpoint_steps, save)
+        seconds = time.perf_counter() - began
+        row = dist.on_main(partial(_epoch_row, method, sums, test, is_clean, optimizer, exe, epoch))
         row.update(
             epoch_seconds=round(seconds, 3),
             images_per_second=round(loader.num_samples / max(seconds, 1e-9), 1),
-            eval_seconds=round(time.perf_counter() - start - seconds, 3),
+            eval_seconds=round(time.perf_counter() - began - seconds, 3),
+            visits_min=visits[0],
+            visits_max=visits[1],
         )
         history.append(row)
-        logger.info(_describe(row, epochs))
-        on_epoch_end(history)
+        if dist.is_main:
+            logger.info(_describe(row, epochs))
+        save(Position(history))
     return history
 
 
-def run_epoch(
-    method: Method,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    loader: Loader,
-    exe: Execution,
-    epoch: int,
-    epochs: int,
-    progress: bool,
-) -> dict[str, Tensor]:
-    """One pass over the training set. Figures stay device tensors until the epoch ends, so a
-    GPU never waits for the host; only on a CPU (where reading is free) the bar shows them."""
-    sums: dict[str, Tensor] = {}
-    first_bad = torch.full((), -1, dtype=torch.long, device=exe.device)
-    batches = tqdm(
-        loader.epoch(strong=method.needs_strong_view()),
-        total=len(loader),
-        desc=f"epoch {epoch + 1}/{epochs}",
-        leave=False,
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    show = progress and exe.device.type == "cpu"
-    refresh = max(1, len(loader) // 10)
-    for step, batch in enumerate(batches):
-        with exe.autocast():
-            out = method.training_step(batch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(out["loss"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        bad_now = ~torch.isfinite(out["loss"].detach()) & (first_bad < 0)
-        first_bad = torch.where(bad_now, torch.full_like(first_bad, step), first_bad)
-        for key, value in out.items():
-            sums[key] = sums.get(key, 0) + value.detach().float()
-        sums["batches"] = sums.get("batches", 0) + 1
-        if show and step % refresh == 0:
-            keys = ("loss", "train_acc_rtm", "train_acc", "selected_share")
-            batches.set_postfix({k: f"{v.item():.3g}" for k, v in out.items() if k in keys})
-    if first_bad.item() >= 0:  # checked once per epoch: the epoch's checkpoint is not written
-        raise UserError(
-            f"the training loss became non-finite at epoch {epoch}, batch {first_bad.item()}; "
-            "lower the learning rate or use train.precision=fp32 (the last good checkpoint "
-            "is kept)"
+class _Epoch:
+    """One pass over the training set, possibly resumed at `start.step`. Figures stay device
+    tensors until the epoch ends, so a GPU never waits for the host; only on a CPU (where
+    reading is free) the progress bar shows them."""
+
+    def __init__(
+        self,
+        method: Method,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        loader: Loader,
+        exe: Execution,
+        dist: Dist,
+        epoch: int,
+        start: Position,
+    ) -> None:
+        self.method, self.optimizer, self.scaler = method, optimizer, scaler
+        self.loader, self.exe, self.dist, self.epoch = loader, exe, dist, epoch
+        self.start = start
+        self.sums = {k: torch.as_tensor(v).to(exe.device) for k, v in start.sums.items()}
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=exe.device)
+        # How often this rank trained on each sample this epoch: the rows it owns.
+        self.visits = torch.zeros(loader.num_samples, dtype=torch.int32, device=exe.device)
+        for index in loader.plan.batches(epoch)[: start.step]:
+            self.visits[index.to(exe.device)] += 1
+
+    def run(
+        self, epochs: int, progress: bool, checkpoint_steps: int, save: Callable[[Position], None]
+    ) -> tuple[dict[str, Tensor], tuple[int, int]]:
+        method, exe = self.method, self.exe
+        batches = tqdm(
+            self.loader.epoch(
+                self.epoch, strong=method.needs_strong_view(), start_step=self.start.step
+            ),
+            total=len(self.loader),
+            initial=self.start.step,
+            desc=f"epoch {self.epoch + 1}/{epochs}",
+            leave=False,
+            disable=not (progress and self.dist.is_main),
+            dynamic_ncols=True,
         )
-    return sums
+        show = progress and exe.device.type == "cpu"
+        refresh = max(1, len(self.loader) // 10)
+        for step, batch in enumerate(batches, start=self.start.step):
+            with exe.autocast():
+                out = method.training_step(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out["loss"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.visits[batch.index] += 1
+            bad_now = ~torch.isfinite(out["loss"].detach()) & (self.first_bad < 0)
+            self.first_bad = torch.where(
+                bad_now, torch.full_like(self.first_bad, step), self.first_bad
+            )
+            for key, value in out.items():
+                self.sums[key] = self.sums.get(key, 0) + value.detach().float()
+            self.sums["batches"] = self.sums.get("batches", 0) + 1
+            if show and step % refresh == 0:
+                keys = ("loss", "train_acc_rtm", "train_acc", "selected_share")
+                batches.set_postfix({k: f"{v.item():.3g}" for k, v in out.items() if k in keys})
+            done = step + 1
+            if checkpoint_steps and done % checkpoint_steps == 0 and done < len(self.loader):
+                self._agree()
+                save(Position(self.start.history, done, dict(self.sums)))
+        visits = self._agree()
+        sums = dict(self.sums)
+        if self.dist.enabled:  # each figure: the mean over every rank's batches
+            keys = sorted(sums)
+            totals = self.dist.global_sum(torch.stack([torch.as_tensor(sums[k]) for k in keys]))
+            sums = dict(zip(keys, totals, strict=True))
+        if visits != (1, 1):
+            raise RuntimeError(f"epoch {self.epoch} visited samples {visits} times (min, max)")
+        return sums, visits
+
+    def _agree(self) -> tuple[int, int]:
+        """Stop on a non-finite loss (before anything is saved), then make the per-sample state
+        identical on every rank. Returns the fewest and most visits of any sample so far over
+        all ranks (one device read per epoch or checkpoint)."""
+        global_visits = self.dist.global_sum(self.visits)
+        bad = self.dist.global_min(torch.where(self.first_bad < 0, NO_BAD_STEP, self.first_bad))
+        bad, fewest, most = torch.stack([bad, global_visits.min(), global_visits.max()]).tolist()
+        if bad != NO_BAD_STEP:
+            raise UserError(
+                f"the training loss became non-finite at epoch {self.epoch}, batch {bad}; "
+                "lower the learning rate or use train.precision=fp32 (the last good checkpoint "
+                "is kept)"
+            )
+        sync_rows(self.method.per_sample_buffers(), self.visits > 0, global_visits > 0, self.dist)
+        return fewest, most
 
 
 def _epoch_row(
@@ -121,9 +199,10 @@ def _epoch_row(
     optimizer: torch.optim.Optimizer,
     exe: Execution,
     epoch: int,
-    warmup: bool,
 ) -> dict:
-    batches = sums.pop("batches")
+    sums = dict(sums)
+    warmup = method.warmup
+    batches = float(sums.pop("batches"))
     means = {k: round(float(v) / batches, 6) for k, v in sums.items()}  # one sync per figure
     lrs = {g["net"]: g["lr"] for g in optimizer.param_groups}
     with exe.autocast():

@@ -27,7 +27,7 @@ from asymco.methods.base import Method
 from asymco.methods.selection import (
     confidence_penalty,
     historical_weights,
-    memorization_gap,
+    memorization_gap_of_counts,
     mining_open,
     pseudo_labels,
     select,
@@ -85,17 +85,29 @@ class ACT(Method):
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         index, label = batch.index, batch.label
-        z_rtm = self.fwd["rtm"](batch.weak)  # (B, K), train mode, same weak tensor for both
-        z_ntm = self.fwd["ntm"](batch.weak)
+        strong = batch.strong if self.needs_strong_view() else None
+        if strong is None:
+            z_rtm, z_strong = self.fwd["rtm"](batch.weak), None  # (B, K), train mode
+        else:  # the CR view's forward, in the same call (one DDP forward per step)
+            z_rtm, z_strong = self.fwd["rtm"](batch.weak, strong)
+        z_ntm = self.fwd["ntm"](batch.weak)  # the same weak tensor for both nets
         rtm_hits = z_rtm.argmax(1) == label
         ntm_hits = z_ntm.argmax(1) == label
-        self.epoch_hits += torch.stack(
-            [rtm_hits.sum(), ntm_hits.sum(), torch.tensor(len(label), device=label.device)]
-        ).float()
-        loss_ntm = self.per_sample_ce(z_ntm, label).mean()
+        # Hits and samples of the global batch: with several processes the memorization metric
+        # and the gate it drives must be the same on every rank.
+        counts = self.dist.global_sum(
+            torch.stack(
+                [rtm_hits.sum(), ntm_hits.sum(), torch.tensor(len(label), device=label.device)]
+            ).float()
+        )
+        self.epoch_hits += counts
+        # Losses are means over the global batch: DDP averages gradients over the W ranks, so
+        # each rank's batch mean is weighted by its share (exactly 1.0 when running alone).
+        share = len(label) * self.dist.world / counts[2]
+        loss_ntm = self.per_sample_ce(z_ntm, label).mean() * share
         if self.warmup:
-            return self._warmup_step(index, label, z_rtm, loss_ntm, rtm_hits, ntm_hits)
-        return self._robust_step(batch, z_rtm, loss_ntm, rtm_hits, ntm_hits)
+            return self._warmup_step(index, label, z_rtm, loss_ntm, share, counts)
+        return self._robust_step(batch, z_rtm, z_strong, loss_ntm, share, counts, ntm_hits)
 
     def _warmup_step(
         self,
@@ -103,26 +115,35 @@ class ACT(Method):
         label: Tensor,
         z_rtm: Tensor,
         loss_ntm: Tensor,
-        rtm_hits: Tensor,
-        ntm_hits: Tensor,
+        share: Tensor,
+        counts: Tensor,
     ) -> dict[str, Tensor]:
         penalty = confidence_penalty(z_rtm, clamp_logits=self.cfg.conf_penalty_clamp_logits)
         loss_rtm = self.per_sample_ce(z_rtm, label).mean() + self.cfg.conf_penalty_weight * penalty
+        loss_rtm = loss_rtm * share
         self.select_count[index] += 1  # warmup counts as "selected" for every sample
         self.is_selected[index] = True
         return {
             "loss": loss_rtm + loss_ntm,
             "loss_rtm": loss_rtm.detach(),
             "loss_ntm": loss_ntm.detach(),
-            "train_acc_rtm": rtm_hits.float().mean() * 100,
-            "train_acc_ntm": ntm_hits.float().mean() * 100,
+            "train_acc_rtm": counts[0] / counts[2] * 100,
+            "train_acc_ntm": counts[1] / counts[2] * 100,
         }
 
     def _robust_step(
-        self, batch: Batch, z_rtm: Tensor, loss_ntm: Tensor, rtm_hits: Tensor, ntm_hits: Tensor
+        self,
+        batch: Batch,
+        z_rtm: Tensor,
+        z_strong: Tensor | None,
+        loss_ntm: Tensor,
+        share: Tensor,
+        counts: Tensor,
+        ntm_hits: Tensor,
     ) -> dict[str, Tensor]:
         cfg, index, label = self.cfg, batch.index, batch.label
-        gap, acc_rtm = memorization_gap(rtm_hits, ntm_hits)
+        rtm_hits = z_rtm.argmax(1) == label
+        gap, acc_rtm = memorization_gap_of_counts(counts[0], counts[1], counts[2])
         mining = self._mining_gate(gap, acc_rtm)
         chosen, mined = select(
             rtm_hits,
@@ -141,31 +162,29 @@ class ACT(Method):
             if cfg.use_dsrw
             else torch.ones_like(label, dtype=torch.float)
         )
-        n_chosen = chosen.sum()
-        # Mean over the selected samples; an empty selection gives an exact zero that still
-        # touches every RTM parameter (the official code would produce NaN here).
-        loss_sel = (weight * self.per_sample_ce(z_rtm, label) * chosen).sum() / n_chosen.clamp_min(
-            1
-        )
+        n_chosen = self.dist.global_sum(chosen.sum())
+        # Mean over the selected samples of the global batch; a rank (or a whole batch) with none
+        # gives an exact zero that still touches every RTM parameter (the official code would
+        # produce NaN here). The world factor undoes DDP's averaging over ranks.
+        per_sample = weight * self.per_sample_ce(z_rtm, label) * chosen
+        loss_sel = per_sample.sum() * self.dist.world / n_chosen.clamp_min(1)
         # EMA label distribution of every batch sample, selected or not (A.3.7).
         probs = torch.softmax(z_rtm.detach().float(), dim=1)
         ema = cfg.ema_momentum * self.ema_probs[index] + (1 - cfg.ema_momentum) * probs
         self.ema_probs[index] = ema
         loss_rtm = loss_sel
-        if cfg.use_cr:
+        if z_strong is not None:
             target = pseudo_labels(chosen, label, ema)
-            loss_cr = self.per_sample_ce(
-                self.fwd["rtm"](batch.strong), target
-            ).mean()  # separate forward
+            loss_cr = self.per_sample_ce(z_strong, target).mean() * share
             loss_rtm = (1 - cfg.cr_weight) * loss_sel + cfg.cr_weight * loss_cr
         return {
             "loss": loss_rtm + loss_ntm,
             "loss_rtm": loss_rtm.detach(),
             "loss_ntm": loss_ntm.detach(),
             "train_acc_rtm": acc_rtm,
-            "train_acc_ntm": ntm_hits.float().mean() * 100,
+            "train_acc_ntm": counts[1] / counts[2] * 100,
             "memorization_gap": gap,
             "mining_on": mining.float(),
-            "selected_share": n_chosen.float() / len(label),
+            "selected_share": n_chosen.float() / counts[2],
             "empty_selection": (n_chosen == 0).float(),
         }

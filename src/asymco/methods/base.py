@@ -3,6 +3,10 @@
 A method owns its networks, losses, per-sample state and selection; the engine owns devices,
 the optimizer and LR plans, backward/step, evaluation, checkpoints and logging. Per-sample state
 lives in module buffers, so `state_dict()` checkpoints it with the nets and `.to(device)` moves it.
+
+Under torchrun each process sees only its share of every batch. A method that needs a figure of
+the whole global batch sums it with `self.dist.global_sum`; the engine keeps per-sample buffers
+identical across processes (`per_sample_buffers`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,22 @@ from torch import Tensor, nn
 
 from asymco.config import MethodConfig
 from asymco.data.loader import Batch
+from asymco.engine.distributed import Dist
+
+
+class Views(nn.Module):
+    """One net on one or more views in a single call: `fwd["rtm"](weak, strong)`. A net used
+    twice per step must be called once, because DistributedDataParallel expects one forward per
+    backward; the views still go through the net one after the other (BatchNorm sees each view
+    as its own batch, as in the reference code)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, *views: Tensor) -> Tensor | tuple[Tensor, ...]:
+        outs = tuple(self.net(v) for v in views)
+        return outs[0] if len(outs) == 1 else outs
 
 
 class Method(nn.Module):
@@ -36,9 +56,10 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.num_samples = len(observed_labels)
         self.nets = nn.ModuleDict()
-        # The callables training_step uses; the engine may swap in wrapped nets (DDP, compile)
-        # without the wrappers leaking into state_dict() keys.
-        self.fwd: dict[str, Callable[[Tensor], Tensor]] = {}
+        # The callables training_step uses; the engine may wrap them (DDP, compile) without the
+        # wrappers leaking into state_dict() keys.
+        self.fwd: dict[str, nn.Module] = {}
+        self.dist = Dist()
         self.epoch = 0
         self.warmup = False
         self.setup(make_model, observed_labels.long())
@@ -49,7 +70,7 @@ class Method(nn.Module):
 
     def add_net(self, name: str, net: nn.Module) -> None:
         self.nets[name] = net
-        self.fwd[name] = net
+        self.fwd[name] = Views(net)
 
     def param_groups(self) -> list[dict]:
         """One optimizer group per net; `plan` names the LR plan ("main" or "ntm") it follows."""
@@ -58,9 +79,22 @@ class Method(nn.Module):
             for name, net in self.nets.items()
         ]
 
-    def on_epoch_start(self, epoch: int, *, warmup: bool) -> None:
+    def set_phase(self, epoch: int, *, warmup: bool) -> None:
+        """Which epoch runs; alone (without `on_epoch_start`'s resets) when a run resumes in the
+        middle of an epoch."""
         self.epoch = epoch
         self.warmup = warmup
+
+    def on_epoch_start(self, epoch: int, *, warmup: bool) -> None:
+        self.set_phase(epoch, warmup=warmup)
+
+    def per_sample_buffers(self) -> list[Tensor]:
+        """The method's own buffers with one row per training sample (not the nets' buffers)."""
+        return [
+            buf
+            for buf in self.buffers(recurse=False)
+            if buf.dim() > 0 and buf.shape[0] == self.num_samples
+        ]
 
     def needs_strong_view(self) -> bool:
         return False

@@ -19,8 +19,16 @@ def memorization_gap(rtm_hits: Tensor, ntm_hits: Tensor) -> tuple[Tensor, Tensor
     `*_hits` are (B,) bool "prediction equals the observed label". Returns (m, acc_rtm) with the
     accuracies in percent as the official code; m is 0 where Acc_RTM = 0 (the gate is closed then).
     """
-    acc_rtm = rtm_hits.float().mean() * 100
-    acc_ntm = ntm_hits.float().mean() * 100
+    n = torch.tensor(float(len(rtm_hits)), device=rtm_hits.device)
+    return memorization_gap_of_counts(rtm_hits.sum().float(), ntm_hits.sum().float(), n)
+
+
+def memorization_gap_of_counts(
+    rtm_hits: Tensor, ntm_hits: Tensor, samples: Tensor
+) -> tuple[Tensor, Tensor]:
+    """`memorization_gap` from hit counts (float scalars), e.g. summed over processes."""
+    acc_rtm = rtm_hits / samples * 100
+    acc_ntm = ntm_hits / samples * 100
     gap = torch.where(
         acc_rtm > 0, (acc_ntm - acc_rtm) / acc_rtm.clamp_min(1e-12), torch.zeros_like(acc_rtm)
     )
