@@ -21,6 +21,7 @@ from throughput import time_training  # benchmarks/ is the script's directory
 
 from asymco.config import TrainConfig
 from asymco.data.loader import ArrayLoader, normalizer_for
+from asymco.data.sharding import BatchPlan
 from asymco.data.sources import load_source
 from asymco.engine.precision import resolve_execution
 
@@ -44,11 +45,10 @@ def main() -> int:
         loader = ArrayLoader(
             images,
             labels,
-            batch_size=128,
+            plan=BatchPlan(len(labels), 128, seed=0),
             views="cifar",
             normalize=normalize,
             device=device,
-            seed=0,
         )
         ips = time_training(loader, labels, exe, device, argparse.Namespace(compile=compile_))
         rows.append(

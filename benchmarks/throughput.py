@@ -26,6 +26,7 @@ import torch
 from asymco.config import MethodConfig, TrainConfig
 from asymco.data.loader import ArrayLoader, normalizer_for, to_device_images
 from asymco.data.pil_loader import PilLoader
+from asymco.data.sharding import BatchPlan
 from asymco.data.sources import load_source
 from asymco.engine.device import resolve_device
 from asymco.engine.evaluate import accuracy, array_batches
@@ -64,9 +65,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def make_loader(kind: str, images, labels, normalize, device, args):
-    common = dict(
-        batch_size=args.batch_size, views="cifar", normalize=normalize, device=device, seed=0
-    )
+    plan = BatchPlan(len(labels), args.batch_size, seed=0)
+    common = dict(plan=plan, views="cifar", normalize=normalize, device=device)
     if kind == "pil":
         return PilLoader(images, labels, workers=args.workers, **common)
     return ArrayLoader(images, labels, **common)
@@ -80,7 +80,7 @@ def sync(device: torch.device) -> None:
 def time_augmentation(loader, device) -> float:
     sync(device)
     start = time.perf_counter()
-    for _batch in loader.epoch(strong=True):
+    for _batch in loader.epoch(0, strong=True):
         pass
     sync(device)
     return loader.num_samples / (time.perf_counter() - start)
@@ -108,11 +108,11 @@ def time_training(loader, labels: np.ndarray, exe, device, args) -> float:
     scaler = exe.make_scaler()
     method.train()
     method.on_epoch_start(50, warmup=False)  # robust phase: 3 forwards, strong view, selection
-    run_epoch(method, optimizer, scaler, loader, exe, 50, 51, False)  # warm caches / compile
+    run_epoch(method, optimizer, scaler, loader, exe, 50)  # warm caches / compile
     method.on_epoch_start(51, warmup=False)
     sync(device)
     start = time.perf_counter()
-    run_epoch(method, optimizer, scaler, loader, exe, 51, 52, False)
+    run_epoch(method, optimizer, scaler, loader, exe, 51)
     sync(device)
     return loader.num_samples / (time.perf_counter() - start)
 

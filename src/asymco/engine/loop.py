@@ -69,13 +69,13 @@ def fit(
 ) -> list[dict]:
     """Train from `start` to the end of epoch `epochs`; returns the full per-epoch history."""
     scaler = exe.make_scaler()
-    history = start.history
-    for epoch in range(start.epoch, epochs):
+    history, first_epoch = start.history, start.epoch  # history grows, first_epoch stays
+    for epoch in range(first_epoch, epochs):
         warmup = epoch < warmup_epochs
         for group in optimizer.param_groups:
             group["lr"] = plans[group["plan"]][epoch]
         method.train()
-        resumed = start if epoch == start.epoch and start.step > 0 else Position(history)
+        resumed = start if epoch == first_epoch and start.step > 0 else Position(history)
         if resumed.step:  # the epoch's resets already happened before the checkpoint
             method.set_phase(epoch, warmup=warmup)
         else:
@@ -97,6 +97,20 @@ def fit(
             logger.info(_describe(row, epochs))
         save(Position(history))
     return history
+
+
+def run_epoch(
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loader: Loader,
+    exe: Execution,
+    epoch: int,
+) -> dict[str, Tensor]:
+    """One whole pass in this process, without checkpoints or progress bar (benchmarks);
+    returns the sums of the step figures."""
+    run = _Epoch(method, optimizer, scaler, loader, exe, ALONE, epoch, Position([]))
+    return run.run(epoch + 1, False, 0, lambda position: None)[0]
 
 
 class _Epoch:
