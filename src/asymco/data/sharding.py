@@ -53,9 +53,10 @@ class BatchPlan:
                 f"{num_samples} training samples are too few for {world} processes "
                 f"(each needs at least {MIN_PER_RANK} per step)"
             )
-        if batch_size < MIN_PER_RANK * world and world > 1:
+        if batch_size < MIN_PER_RANK * world:
+            processes = f" for {world} processes" if world > 1 else ""
             raise UserError(
-                f"data.batch_size={batch_size} is too small for {world} processes; "
+                f"data.batch_size={batch_size} is too small{processes}; "
                 f"use at least {MIN_PER_RANK * world}"
             )
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
