@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,18 @@ def load_checkpoint(path: Path, *, num_samples: int, config: dict) -> dict:
     if not path.is_file():
         raise UserError(f"there is no checkpoint to resume from at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({reason})") from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" in str(err).upper():  # a class or function: unpickling would call it
+            raise UserError(
+                f"checkpoint {path} holds objects other than tensors and plain values; it is "
+                "refused because loading it could run code"
+            ) from None
+        raise UserError(f"checkpoint {path} is corrupt or truncated (unreadable pickle)") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({_first_line(err)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not an asymco checkpoint of format {FORMAT}")
     missing = sorted(REQUIRED - state.keys())
@@ -62,6 +71,10 @@ def load_checkpoint(path: Path, *, num_samples: int, config: dict) -> dict:
             f"checkpoint {path} was written with another configuration ({'; '.join(diff[:5])})"
         )
     return state
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
