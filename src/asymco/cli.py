@@ -21,9 +21,23 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+def _check_out(out: str) -> None:
+    """Refuse an --out path the file system cannot even look up (e.g. a name too long)."""
+    if not out.strip():
+        raise UserError("--out is empty; give the run directory's path or leave --out out")
+    try:
+        os.stat(out)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a new directory, or one under a file: the run directory reports the latter
+    except OSError as err:
+        raise UserError(f"cannot use --out {out} ({err.strerror})") from None
+
+
 def _train(args: argparse.Namespace) -> int:
     from asymco import api
 
+    if args.out is not None:
+        _check_out(args.out)
     if args.resume:
         if args.out is None:
             raise UserError("--resume needs --out pointing at the run directory to continue")
@@ -41,7 +55,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.test:
             raise UserError("--test goes with --data")
         cfg = api.resolve_config(args.preset, args.set, data_dir=args.data_dir)
-    if args.device:
+    if args.device is not None:  # even "": an empty device name is refused, not ignored
         from dataclasses import replace
 
         cfg = replace(cfg, train=replace(cfg.train, device=args.device))
@@ -74,6 +88,8 @@ def _presets(args: argparse.Namespace) -> int:
 def _issues(args: argparse.Namespace) -> int:
     from asymco.label_issues import read_label_issues
 
+    if args.top < 0:
+        raise UserError(f"--top must be 0 or more, got {args.top}")
     rows = read_label_issues(Path(args.run_dir) / "label_issues.csv")
     flagged = sum(row["is_label_issue"] == "True" for row in rows)
     print(f"{flagged} of {len(rows)} training labels flagged as issues; most suspect first:")
@@ -207,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as err:
         if speaks:
-            print(f"asymco: error: {err}", file=sys.stderr)
+            # One line even when the message quotes a value with a line break in it.
+            print(f"asymco: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         if speaks:

@@ -9,6 +9,7 @@ the spec says so); each deviation the spec allows is a named setting. Values are
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -295,13 +296,78 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def from_dict(values: dict[str, Any]) -> RunConfig:
-    """Rebuild a `RunConfig` from `to_dict` output (e.g. a run directory's config.yaml)."""
-    top = {k: v for k, v in values.items() if k not in SECTIONS}
+    """Rebuild a `RunConfig` from `to_dict` output (e.g. a run directory's config.yaml).
+
+    Raises:
+        UserError: naming the key, for anything `to_dict` could not have written: an unknown
+            section or key, a section that is not a mapping, or a value of the wrong type.
+    """
+    if not isinstance(values, dict):
+        raise UserError(f"a configuration must be a mapping of settings, got {_shown(values)}")
+    top_fields = {f.name for f in fields(RunConfig)} - set(SECTIONS)
+    for key in values:
+        if key not in top_fields and key not in SECTIONS:
+            raise UserError(
+                f"unknown setting {key!r} in the configuration; its sections are "
+                f"{', '.join(SECTIONS)}"
+            )
+    top = {
+        k: _checked_value(v, _field_type(RunConfig, k), k)
+        for k, v in values.items()
+        if k in top_fields
+    }
     sections = {}
     for name in SECTIONS:
         section_type = _field_type(RunConfig, name)
-        sections[name] = section_type(**values.get(name, {}))
+        given = values.get(name, {})
+        if not isinstance(given, dict):
+            raise UserError(
+                f"configuration section {name} must be a mapping of settings, got {_shown(given)}"
+            )
+        hints = typing.get_type_hints(section_type)
+        for key in given:
+            if key not in hints:
+                raise UserError(
+                    f"unknown setting {f'{name}.{key}'!r} in the configuration; {name} has: "
+                    f"{', '.join(sorted(hints))}"
+                )
+        sections[name] = section_type(
+            **{k: _checked_value(v, hints[k], f"{name}.{k}") for k, v in given.items()}
+        )
     return RunConfig(**top, **sections)
+
+
+def _shown(value: Any) -> str:
+    """`repr(value)`, cut to a readable length for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _checked_value(value: Any, annotation: Any, key: str) -> Any:
+    """`value` if it is of type `annotation` (bool, int, float, str, Literal, X | None)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _checked_value(value, inner, key)
+    if origin is Literal:
+        ok = isinstance(value, str) and value in args
+        what = f"one of {', '.join(map(str, args))}"
+    elif annotation is bool:
+        ok, what = isinstance(value, bool), "true or false"
+    elif annotation is int:
+        ok, what = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif annotation is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = number and abs(value) < 1e308 and math.isfinite(value)  # a huge int is no float
+        what = "a finite number"
+    else:
+        ok, what = isinstance(value, str), "text"
+    if not ok:
+        raise UserError(f"{key} must be {what}, got {_shown(value)}")
+    return value
 
 
 def _field_type(cls: type, name: str) -> Any:
@@ -319,7 +385,7 @@ def _parse_scalar(text: str, annotation: Any, key: str) -> Any:
         return _parse_scalar(text, inner, key)
     if origin is Literal:
         if text not in args:
-            raise UserError(f"{key} must be one of {', '.join(map(str, args))}, got {text!r}")
+            raise UserError(f"{key} must be one of {', '.join(map(str, args))}, got {_shown(text)}")
         return text
     if annotation is bool:
         lowered = text.lower()
@@ -327,17 +393,20 @@ def _parse_scalar(text: str, annotation: Any, key: str) -> Any:
             return True
         if lowered in ("false", "0", "no", "off"):
             return False
-        raise UserError(f"{key} must be true or false, got {text!r}")
+        raise UserError(f"{key} must be true or false, got {_shown(text)}")
     if annotation is int:
         try:
             return int(text)
         except ValueError:
-            raise UserError(f"{key} must be a whole number, got {text!r}") from None
+            raise UserError(f"{key} must be a whole number, got {_shown(text)}") from None
     if annotation is float:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
-            raise UserError(f"{key} must be a number, got {text!r}") from None
+            raise UserError(f"{key} must be a number, got {_shown(text)}") from None
+        if not math.isfinite(value):
+            raise UserError(f"{key} must be a finite number, got {_shown(text)}")
+        return value
     return text
 
 
@@ -345,7 +414,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply `section.key=value` strings, each type-checked against the field it sets."""
     for item in overrides:
         if "=" not in item:
-            raise UserError(f"override {item!r} must look like section.key=value")
+            raise UserError(f"override {_shown(item)} must look like section.key=value")
         key, text = item.split("=", 1)
         key = key.strip()
         parts = key.split(".")
@@ -355,15 +424,15 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             continue
         if len(parts) != 2 or parts[0] not in SECTIONS:
             raise UserError(
-                f"unknown setting {key!r}; settings look like section.key with section one of "
-                f"{', '.join(SECTIONS)}"
+                f"unknown setting {_shown(key)}; settings look like section.key with section "
+                f"one of {', '.join(SECTIONS)}"
             )
         section_name, name = parts
         section = getattr(cfg, section_name)
         hints = typing.get_type_hints(type(section))
         if name not in hints:
             raise UserError(
-                f"unknown setting {key!r}; {section_name} has: {', '.join(sorted(hints))}"
+                f"unknown setting {_shown(key)}; {section_name} has: {', '.join(sorted(hints))}"
             )
         value = _parse_scalar(text.strip(), hints[name], key)
         cfg = dataclasses.replace(

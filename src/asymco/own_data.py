@@ -41,20 +41,23 @@ def with_own_data(cfg: RunConfig, data: str, test: str | None) -> RunConfig:
     )
 
 
-def _survey(kind: str, root: Path) -> tuple[int, int, int]:
-    """(number of training images, typical shorter image side, channels) without decoding."""
-    if kind == "npz":
-        try:
-            with np.load(root, allow_pickle=False) as archive:
-                shape = archive["x_train"].shape
-        except (OSError, ValueError, KeyError) as err:
-            raise UserError(f"{root} is not an .npz with an x_train array ({err})") from None
-        return shape[0], min(shape[1:3]), shape[3] if len(shape) == 4 else 1
+def _survey(cfg: RunConfig) -> tuple[int, int, int]:
+    """(number of training images, typical shorter image side, channels) without decoding.
+
+    The data is checked here in full (labels, class count, test split), so bad data gets its
+    one sentence before any defaults are chosen and printed."""
+    from asymco.data.datasets import own_splits, read_own_npz
+
+    d = cfg.data
+    if d.dataset == "npz":
+        own = read_own_npz(
+            Path(d.root).expanduser(), Path(d.test_root).expanduser() if d.test_root else None
+        )
+        shape = own.x.shape
+        return shape[0], min(shape[1:3]), shape[3]
     from PIL import Image
 
-    from asymco.data.layouts import csv_dataset, scan_image_folder
-
-    split = scan_image_folder(root) if kind == "folder" else csv_dataset(root)
+    split, _ = own_splits(d)
     sides = []
     for path in split.paths[:: max(1, len(split.paths) // 20)][:20]:
         try:
@@ -68,7 +71,7 @@ def _survey(kind: str, root: Path) -> tuple[int, int, int]:
 def choose_defaults(cfg: RunConfig) -> RunConfig:
     """Model, image size, batch and schedule for a user's data, chosen from its size."""
     d = cfg.data
-    n, side, channels = _survey(d.dataset, Path(d.root).expanduser())
+    n, side, channels = _survey(cfg)
     small = side <= 64
     if d.dataset == "npz" and side not in (8, 32):
         raise UserError(

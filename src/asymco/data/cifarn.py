@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -259,7 +260,10 @@ def _numpy_allowed() -> Iterator[None]:
 
 def _load_torch(path: Path) -> Any:
     try:
-        with _numpy_allowed():
+        with _numpy_allowed(), warnings.catch_warnings():
+            # Junk bytes can look like a newer pickle protocol; torch then warns before it fails,
+            # and the failure below is the one sentence the user gets.
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
             return torch.load(path, weights_only=True, map_location="cpu")
     # Corrupt bytes can make the unpickler fail in any way (IndexError, KeyError, ...).
     except Exception as err:

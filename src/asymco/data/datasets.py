@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from asymco.config import DataConfig
 from asymco.data.folders import keep_good_images
 from asymco.data.layouts import (
+    MAX_CLASSES,
     FolderSplit,
     check_split,
     csv_dataset,
@@ -60,16 +62,8 @@ def load_dataset(data: DataConfig, *, workers: int = 0) -> Source:
         train, test = food101n(root, test_root)
         clean_known = False
     else:
-        train = _own_split(data.dataset, root)
-        if data.test_root:
-            test = _own_split(data.dataset, Path(data.test_root).expanduser())
-            if test.classes != train.classes:
-                raise UserError(
-                    f"the test classes ({', '.join(test.classes[:5])}, ...) differ "
-                    f"from the training classes ({', '.join(train.classes[:5])}, ...)"
-                )
-        else:
-            train, test = _hold_out(train, data)
+        train, given_test = own_splits(data)
+        train, test = (train, given_test) if given_test is not None else _hold_out(train, data)
         clean_known = False  # a user's labels are what we are here to check
     check = {"workers": workers, "on_bad_image": data.on_bad_image}
     train = keep_good_images(train, name="training", **check)
@@ -83,6 +77,23 @@ def load_dataset(data: DataConfig, *, workers: int = 0) -> Source:
         origin=f"{data.dataset} {root}",
         clean_known=clean_known,
     )
+
+
+def own_splits(data: DataConfig) -> tuple[FolderSplit, FolderSplit | None]:
+    """The training split of a user's `folder` or `csv` data and its `--test` split (None
+    without one), both checked, without decoding any image."""
+    if data.root is None:
+        raise UserError(f"data.dataset={data.dataset} needs --data {data.dataset}:PATH")
+    train = _own_split(data.dataset, Path(data.root).expanduser())
+    if not data.test_root:
+        return train, None
+    test = _own_split(data.dataset, Path(data.test_root).expanduser())
+    if test.classes != train.classes:
+        raise UserError(
+            f"the test classes ({', '.join(test.classes[:5])}, ...) differ "
+            f"from the training classes ({', '.join(train.classes[:5])}, ...)"
+        )
+    return train, test
 
 
 def _own_split(kind: str, path: Path) -> FolderSplit:
@@ -118,57 +129,165 @@ def _split_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.n
 
 
 def _own_npz(path: Path, data: DataConfig) -> Source:
-    """x_train (N, H, W, C) uint8 and y_train (N,) integers; optional x_test/y_test and
-    class_names (a string array)."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, AttributeError) as err:
-        raise UserError(f"{path} is not a readable .npz archive ({err})") from None
-    for key in ("x_train", "y_train"):
-        if key not in arrays:
-            raise UserError(f"{path} lacks the array {key}")
-    x, y = arrays["x_train"], arrays["y_train"]
-    if x.ndim == 3:
-        x = x[..., None]  # (N, H, W) grayscale
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise UserError(
-            f"{path}: x_train must be uint8 images (N, H, W) or (N, H, W, C) with "
-            f"1 or 3 channels, got {x.dtype} {x.shape}"
-        )
-    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
-        raise UserError(f"{path}: y_train must be {len(x)} non-negative integer labels")
-    num_classes = int(y.max()) + 1
-    names = arrays.get("class_names")
-    classes = [str(c) for c in names] if names is not None else [str(i) for i in range(num_classes)]
-    ids = None
-    if len(classes) < num_classes or num_classes < 2:
-        raise UserError(
-            f"{path}: {num_classes} classes in y_train but {len(classes)} class "
-            "names; at least 2 classes are needed"
-        )
-    if "x_test" in arrays and "y_test" in arrays:
-        x_test, y_test = arrays["x_test"], arrays["y_test"]
-        if x_test.ndim == 3:
-            x_test = x_test[..., None]
-        if x_test.shape[1:] != x.shape[1:] or len(y_test) != len(x_test):
-            raise UserError(f"{path}: x_test/y_test do not match x_train's image shape")
-        if len(y_test) and (y_test.min() < 0 or y_test.max() >= len(classes)):
-            raise UserError(f"{path}: y_test must lie in [0, {len(classes)})")
-    else:
-        train, test = _split_indices(y.astype(np.int64), data.holdout_fraction, data.subset_seed)
+    """x_train (N, H, W, C) uint8 and y_train (N,) integers; optional x_test/y_test (or a
+    separate `--test` .npz) and class_names (a string array)."""
+    test_path = Path(data.test_root).expanduser() if data.test_root else None
+    own = read_own_npz(path, test_path)
+    x, y, x_test, y_test, ids = own.x, own.y, own.x_test, own.y_test, None
+    if x_test is None or y_test is None:
+        train, test = _split_indices(y, data.holdout_fraction, data.subset_seed)
         x, x_test, y, y_test = x[train], x[test], y[train], y[test]
         ids = train
     return Source(
         x,
-        y.astype(np.int64),
+        y,
         x_test,
-        np.asarray(y_test, dtype=np.int64),
-        classes,
+        y_test,
+        own.classes,
         origin=f"npz {path}",
         clean_known=False,
         train_ids=ids,
     )
+
+
+@dataclass(frozen=True)
+class OwnArrays:
+    """A user's .npz, checked: uint8 (N, H, W, C) images, int64 labels in [0, len(classes))."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    classes: list[str]
+
+
+def read_own_npz(path: Path, test_path: Path | None = None) -> OwnArrays:
+    """Read and check a user's .npz (and its separate test .npz, which holds x_test/y_test or
+    x_train/y_train), raising one `UserError` sentence for anything a run could not use."""
+    arrays = _read_npz(path)
+    for key in ("x_train", "y_train"):
+        if key not in arrays:
+            raise UserError(f"{path} lacks the array {key}; it needs x_train and y_train")
+    x = _own_images(path, arrays, "x_train")
+    y = _own_labels(path, arrays, "y_train", len(x))
+    classes = _own_classes(path, arrays, y)
+    if test_path is not None:
+        if "x_test" in arrays or "y_test" in arrays:
+            raise UserError(
+                f"{path} holds a test split (x_test/y_test) and --test names another one "
+                f"({test_path}); drop one of them"
+            )
+        test_arrays = _read_npz(test_path)
+        prefix = "test" if "x_test" in test_arrays or "y_test" in test_arrays else "train"
+        where = test_path
+    else:
+        test_arrays, prefix, where = arrays, "test", path
+    x_key, y_key = f"x_{prefix}", f"y_{prefix}"
+    if (x_key in test_arrays) != (y_key in test_arrays):
+        have, lack = (x_key, y_key) if x_key in test_arrays else (y_key, x_key)
+        raise UserError(f"{where} has {have} but no {lack}; give both or neither")
+    if x_key not in test_arrays:
+        if test_path is not None:
+            raise UserError(f"the --test file {test_path} lacks x_test and y_test")
+        return OwnArrays(x, y, None, None, classes)
+    x_test = _own_images(where, test_arrays, x_key)
+    if x_test.shape[1:] != x.shape[1:]:
+        raise UserError(
+            f"{where}: {x_key} images are {x_test.shape[1:]} but the training images are "
+            f"{x.shape[1:]}; both splits need the same image shape"
+        )
+    y_test = _own_labels(where, test_arrays, y_key, len(x_test))
+    if int(y_test.max()) >= len(classes):
+        raise UserError(
+            f"{where}: {y_key} has class {int(y_test.max())} but the training data has only "
+            f"{len(classes)} classes (0 to {len(classes) - 1}); add that class's training "
+            "images or list it in class_names"
+        )
+    return OwnArrays(x, y, x_test, y_test, classes)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise UserError(f"{path} does not exist or is not a file; check the .npz path")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is not an .npz archive; save the arrays with numpy.savez")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+    except ValueError as err:
+        if "allow_pickle" in str(err):  # object arrays: pickled Python objects, never loaded
+            raise UserError(
+                f"{path} holds object arrays (pickled Python objects), which are not loaded; "
+                "save numeric arrays and a string array of class_names"
+            ) from None
+        raise UserError(f"{path} is a corrupt .npz archive ({err})") from None
+    except (OSError, zipfile.BadZipFile, EOFError, AttributeError) as err:
+        raise UserError(f"{path} is a corrupt .npz archive ({err})") from None
+
+
+def _own_images(path: Path, arrays: dict[str, np.ndarray], key: str) -> np.ndarray:
+    x = arrays[key]
+    if x.ndim == 3:
+        x = x[..., None]  # (N, H, W) grayscale
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        hint = (
+            "; scale the pixels to 0..255 and save them as uint8"
+            if x.dtype.kind in "fiub" and x.dtype != np.uint8
+            else ""
+        )
+        raise UserError(
+            f"{path}: {key} must be uint8 images (N, H, W) or (N, H, W, C) with "
+            f"1 or 3 channels, got {x.dtype} {x.shape}{hint}"
+        )
+    if len(x) == 0 or 0 in x.shape[1:3]:
+        raise UserError(f"{path}: {key} holds no images (shape {x.shape}); add some")
+    return x
+
+
+def _own_labels(path: Path, arrays: dict[str, np.ndarray], key: str, n: int) -> np.ndarray:
+    y = arrays[key]
+    if not np.issubdtype(y.dtype, np.integer):
+        raise UserError(f"{path}: {key} must hold integer class ids 0, 1, ..., got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise UserError(
+            f"{path}: {key} must hold one label per image, shape ({n},), got shape {y.shape}"
+        )
+    if int(y.min()) < 0:
+        raise UserError(f"{path}: {key} has negative labels ({int(y.min())}); class ids start at 0")
+    if int(y.max()) >= MAX_CLASSES:
+        raise UserError(
+            f"{path}: {key} has class id {int(y.max())}, above the limit of {MAX_CLASSES - 1}; "
+            "number the classes 0, 1, ..."
+        )
+    return y.astype(np.int64)
+
+
+def _own_classes(path: Path, arrays: dict[str, np.ndarray], y: np.ndarray) -> list[str]:
+    num_classes = int(y.max()) + 1
+    names = arrays.get("class_names")
+    if names is None:
+        classes = [str(i) for i in range(num_classes)]
+    else:
+        if names.ndim != 1:
+            raise UserError(
+                f"{path}: class_names must be a 1-D array of names, got shape {names.shape}"
+            )
+        classes = [str(c) for c in names]
+        if len(classes) < num_classes:
+            raise UserError(
+                f"{path}: y_train has labels up to {num_classes - 1} but class_names lists "
+                f"only {len(classes)} names; give one name per class id"
+            )
+        if len(set(classes)) < len(classes):
+            twice = sorted({c for c in classes if classes.count(c) > 1})
+            raise UserError(f"{path}: class_names lists {', '.join(twice[:5])} more than once")
+    present = np.unique(y)
+    if len(present) < 2:
+        raise UserError(
+            f"{path}: y_train has a single class ({classes[int(present[0])]}); "
+            "a classifier needs at least 2 classes"
+        )
+    return classes
 
 
 def find_labels_file(root: str | None, dataset: str) -> Path:

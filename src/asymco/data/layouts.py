@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 """torchvision's IMG_EXTENSIONS, matched case-insensitively."""
 _SHOW = 5  # how many offending paths a message names
+MAX_CLASSES = 100_000
+"""Integer class ids must lie below this; a larger id is a mistake (the class list would be
+that long), not a dataset."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ def scan_image_folder(root: Path) -> FolderSplit:
     paths: list[str] = []
     labels: list[int] = []
     classes: list[str] = []
+    empty: list[str] = []
     for name in folders:
         found = []
         for parent, dirs, files in os.walk(root / name, followlinks=True):
@@ -94,16 +98,18 @@ def scan_image_folder(root: Path) -> FolderSplit:
                 os.path.join(parent, f) for f in files if not f.startswith(".") and _is_image(f)
             ]
         if not found:
-            logger.warning("skipping class folder %s: it holds no images", root / name)
+            empty.append(name)
             continue
         paths += sorted(os.path.abspath(p) for p in found)
         labels += [len(classes)] * len(found)
         classes.append(name)
-    if not classes:
+    if not classes:  # one sentence, not a warning per empty folder first
         raise UserError(
             f"image folder {root} holds no images with extensions "
             f"{', '.join(IMG_EXTENSIONS)}; add images under <root>/<class>/"
         )
+    for name in empty:
+        logger.warning("skipping class folder %s: it holds no images", root / name)
     return FolderSplit(np.array(paths, dtype=np.str_), np.array(labels), classes)
 
 
@@ -154,7 +160,11 @@ def web_dataset(root: Path) -> tuple[FolderSplit, FolderSplit]:
 def _read_lines(file: Path) -> list[str]:
     if not file.is_file():
         raise UserError(f"{file} does not exist; check the dataset root")
-    return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{file} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _read_classes(file: Path, num_classes: int | None) -> list[str]:
@@ -242,8 +252,16 @@ def csv_dataset(csv_file: Path) -> FolderSplit:
     csv_file = Path(csv_file)
     if not csv_file.is_file():
         raise UserError(f"CSV file {csv_file} does not exist; check the path")
-    with open(csv_file, newline="", encoding="utf-8-sig") as f:  # -sig: Excel writes a BOM
-        rows = list(csv.reader(f))
+    try:
+        with open(csv_file, newline="", encoding="utf-8-sig") as f:  # -sig: Excel writes a BOM
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"CSV file {csv_file} is not UTF-8 text ({err.reason} at byte {err.start}); "
+            "save it as UTF-8 CSV"
+        ) from None
+    except csv.Error as err:
+        raise UserError(f"CSV file {csv_file} is not a readable CSV ({err})") from None
     if not rows:
         raise UserError(
             f"CSV file {csv_file} is empty; give a header path,label and one row per image"
@@ -274,11 +292,18 @@ def csv_dataset(csv_file: Path) -> FolderSplit:
         f"(relative paths start at {csv_file.parent.resolve()})",
     )
     if all(re.fullmatch(r"[+-]?\d+", n) for n in names):
-        labels = np.array([int(n) for n in names], dtype=np.int64)
-        if labels.min() < 0:
+        if any(n.startswith("-") and n.strip("-0") for n in names):
             raise UserError(
                 f"CSV file {csv_file} has negative labels; use class ids 0, 1, ... or class names"
             )
+        too_big = [n for n in names if len(n.lstrip("+0")) > 9 or int(n) >= MAX_CLASSES]
+        if too_big:
+            raise UserError(
+                f"CSV file {csv_file} has class id {too_big[0][:12]}"
+                f"{'...' if len(too_big[0]) > 12 else ''}, above the limit of "
+                f"{MAX_CLASSES - 1}; number the classes 0, 1, ... or use class names"
+            )
+        labels = np.array([int(n) for n in names], dtype=np.int64)
         classes = [str(i) for i in range(int(labels.max()) + 1)]
     else:
         classes = sorted(set(names))

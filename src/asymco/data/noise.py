@@ -61,9 +61,7 @@ def draw_noisy_labels(labels: np.ndarray, matrix: np.ndarray, *, seed: int = 0) 
     This is the protocol's exact sampling: the same seed, matrix and label order give the same
     noisy labels bit for bit. Returns int64 labels of the same shape.
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise UserError(f"labels must be a 1-D array, got shape {labels.shape}")
+    labels = _integer_labels(labels)
     if labels.size and (labels.min() < 0 or labels.max() >= matrix.shape[0]):
         raise UserError(
             f"labels must lie in [0, {matrix.shape[0]}), got {labels.min()}..{labels.max()}"
@@ -89,7 +87,7 @@ def make_noisy_labels(
     With `kind="none"` and an open-set ratio the open-set samples still get a uniform known
     label (the matrix has no closed-set noise), so the known/unknown split is the same.
     """
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = _integer_labels(labels).astype(np.int64)
     if kind == "none" and openset_ratio == 0.0:
         return labels.copy(), None
     if kind == "none":
@@ -102,3 +100,13 @@ def make_noisy_labels(
             kind, rate=rate, num_classes=num_classes, openset_ratio=openset_ratio
         )
     return draw_noisy_labels(labels, matrix, seed=seed), matrix
+
+
+def _integer_labels(labels: np.ndarray) -> np.ndarray:
+    """`labels` as a 1-D integer array; anything else (floats, strings, 2-D) is a UserError."""
+    labels = np.asarray(labels)
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"labels must be integer class ids, got dtype {labels.dtype}")
+    if labels.ndim != 1:
+        raise UserError(f"labels must be a 1-D array, got shape {labels.shape}")
+    return labels

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from asymco.config import DataConfig, NoiseConfig
-from asymco.data.cifarn import human_noisy_labels
+from asymco.data.cifarn import canonical_label_set, human_noisy_labels
 from asymco.data.datasets import find_labels_file
 from asymco.data.noise import known_classes, make_noisy_labels
 from asymco.data.sources import Source
@@ -106,6 +106,7 @@ def _human_labels(source: Source, noise: NoiseConfig, data: DataConfig) -> tuple
     """CIFAR-N human labels, checked to be aligned with the images' own (clean) labels."""
     if data.dataset not in ("cifar10", "cifar100"):
         raise UserError("noise.kind=human needs data.dataset cifar10 or cifar100 (CIFAR-N)")
+    canonical_label_set(data.dataset, noise.label_set)  # a bad name is told before any file
     path = noise.labels_file or find_labels_file(data.root, data.dataset)
     noisy, clean = human_noisy_labels(
         path,
