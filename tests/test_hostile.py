@@ -112,7 +112,10 @@ NPZ_CASES = {
         ["labels up to 3", "only 3 names"],
     ),
     "class-names-2d": (dict(class_names=np.array([["a", "b"], ["c", "d"]])), ["class_names"]),
-    "class-names-twice": (dict(class_names=np.array(["a", "b", "a", "c"])), ["a more than once"]),
+    "class-names-twice": (
+        dict(class_names=np.array(["a", "b", "a", "c"])),
+        ["unique", "'a' more than once"],
+    ),
     "one-class": (dict(y_train=np.zeros(40, np.int64)), ["single class", "at least 2"]),
     "images-float-nan": (
         dict(x_train=np.full((40, 32, 32, 3), np.nan, np.float32)),

@@ -280,7 +280,10 @@ def _own_classes(path: Path, arrays: dict[str, np.ndarray], y: np.ndarray) -> li
             )
         if len(set(classes)) < len(classes):
             twice = sorted({c for c in classes if classes.count(c) > 1})
-            raise UserError(f"{path}: class_names lists {', '.join(twice[:5])} more than once")
+            raise UserError(
+                f"{path}: class_names must be unique, but it lists "
+                f"{', '.join(map(repr, twice[:5]))} more than once"
+            )
     present = np.unique(y)
     if len(present) < 2:
         raise UserError(
