@@ -223,20 +223,18 @@ def _pipeline(cfg: RunConfig, data: NoisyData, exe: Execution, plan: BatchPlan) 
 
 def _load_data(cfg: RunConfig) -> NoisyData:
     source = load_dataset(cfg.data, workers=_workers(cfg))
-    data = apply_noise(source, cfg.data, cfg.noise)
+    return apply_noise(source, cfg.data, cfg.noise)
+
+
+def _describe_data(data: NoisyData, cfg: RunConfig) -> str:
     rate = "unknown" if data.noise_rate_actual is None else f"{data.noise_rate_actual:.5f}"
-    logger.info(
-        "data: %s | %d train / %d test images, %d classes, noise %s (actual rate %s)",
-        data.origin,
-        len(data.noisy_label),
-        len(data.test_label),
-        data.num_classes,
-        cfg.noise.kind
-        if cfg.noise.kind in ("none", "human")
-        else f"{cfg.noise.kind}@{cfg.noise.rate:g}",
-        rate,
+    noise = cfg.noise.kind
+    if noise not in ("none", "human"):
+        noise = f"{noise}@{cfg.noise.rate:g}"
+    return (
+        f"data: {data.origin} | {len(data.noisy_label)} train / {len(data.test_label)} test "
+        f"images, {data.num_classes} classes, noise {noise} (actual rate {rate})"
     )
-    return data
 
 
 def _workers(cfg: RunConfig) -> int:
@@ -288,7 +286,10 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         device = resolve_device(device_name)
         exe = resolve_execution(cfg.train, device)
         path = Path(out_dir) if out_dir else dist.on_main(lambda: default_out_dir(cfg))
-        existed = path.exists()
+        try:
+            existed = path.exists()
+        except OSError as err:  # e.g. a name longer than the file system allows
+            raise UserError(f"cannot use {path} as the run directory ({err.strerror})") from None
         run = dist.on_main(lambda: RunDir.prepare(path, resume=resume))
         try:
             return _train_into(run, cfg, exe, dist, resume=resume, wall_start=wall_start)
@@ -322,6 +323,8 @@ def _train_into(
     )
     pipe = _pipeline(cfg, data, exe, plan)
     config = to_dict(cfg)
+    if dist.is_main:  # only once the data is known to fit the model and the processes
+        logger.info(_describe_data(data, cfg))
 
     start = Position([])
     if resume:
@@ -452,7 +455,9 @@ def _write_label_issues(
     run: RunDir, method: Method, data: NoisyData, batches: Batches, cfg: RunConfig, epochs: int
 ) -> None:
     """label_issues.csv from the reported net's predictions and the selection history."""
-    probs = predict_probs(method.eval_nets()[method.reported_net], batches).cpu().numpy()
+    net = method.eval_nets()[method.reported_net]
+    # Extra logits (Food-101N's 200 for 101 classes) name no class: rank the real ones only.
+    probs = predict_probs(net, batches, data.num_classes).cpu().numpy()
     warmup_done = min(cfg.train.warmup_epochs, epochs)
     counts = method.select_counts()
     selected_epochs = None

@@ -28,11 +28,12 @@ def array_batches(
 
 
 @torch.inference_mode()
-def predict_probs(net: nn.Module, batches: Batches) -> Tensor:
-    """(N, K) float32 softmax of `net` in eval mode over `batches`, in order."""
+def predict_probs(net: nn.Module, batches: Batches, num_classes: int | None = None) -> Tensor:
+    """(N, K) float32 softmax of `net` in eval mode over `batches`, in order; over the first
+    `num_classes` logits only when given (a net with more outputs than the data has classes)."""
     was_training = net.training
     net.eval()
-    probs = [torch.softmax(net(x).float(), dim=1) for x, _ in batches()]
+    probs = [torch.softmax(net(x)[:, :num_classes].float(), dim=1) for x, _ in batches()]
     net.train(was_training)
     return torch.cat(probs)
 
