@@ -502,3 +502,10 @@ def test_api_refuses_bad_arrays(tmp_path):
     for i, (arrays, fragment) in enumerate(bad):
         with pytest.raises(UserError, match=fragment):
             asymco.fit(**arrays, out_dir=tmp_path / f"run{i}")
+        assert not (tmp_path / f"run{i}").exists()  # no directory, no saved arrays left behind
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="negative"):
+        asymco.fit(images=images(), labels=LABELS - 1, out_dir=kept)
+    assert [f.name for f in kept.iterdir()] == ["notes.txt"]  # a user's directory stays

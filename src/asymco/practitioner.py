@@ -72,14 +72,19 @@ def fit(
     )
     if (images is None) == (folder is None and csv_file is None):
         raise api.UserError("pass either images= and labels=, or folder= or csv_file=")
-    if images is not None:
-        spec = f"npz:{_save_arrays(run_dir, images, labels, class_names)}"
-    else:
-        spec = f"folder:{folder}" if folder is not None else f"csv:{csv_file}"
-    test_spec = None if test is None else f"{spec.split(':', 1)[0]}:{test}"
-    overrides = [f"{k}={v}" for k, v in (settings or {}).items()]
-    cfg = api.resolve_own_data(spec, test_spec, overrides)
-    result = api.train(cfg, out_dir=run_dir)
+    created = not run_dir.exists()
+    try:
+        if images is not None:
+            spec = f"npz:{_save_arrays(run_dir, images, labels, class_names)}"
+        else:
+            spec = f"folder:{folder}" if folder is not None else f"csv:{csv_file}"
+        test_spec = None if test is None else f"{spec.split(':', 1)[0]}:{test}"
+        overrides = [f"{k}={v}" for k, v in (settings or {}).items()]
+        cfg = api.resolve_own_data(spec, test_spec, overrides)
+        result = api.train(cfg, out_dir=run_dir)
+    except BaseException:
+        _forget_inputs(run_dir, created)
+        raise
     return FitResult(
         result.model, _read_table(run_dir / "label_issues.csv"), run_dir, result.summary
     )
@@ -113,6 +118,16 @@ def _save_arrays(run_dir: Path, images, labels, class_names) -> Path:
     extra = {} if class_names is None else {"class_names": np.asarray(class_names, dtype=str)}
     np.savez(path, x_train=images, y_train=labels, **extra)
     return path
+
+
+def _forget_inputs(run_dir: Path, created: bool) -> None:
+    """After a failure before training wrote anything, remove the saved arrays (and the run
+    directory this call created); a started run keeps them, as its --resume needs them."""
+    if any((run_dir / name).exists() for name in ("config.yaml", "checkpoint.pt")):
+        return
+    (run_dir / "inputs.npz").unlink(missing_ok=True)
+    if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def _read_table(path: Path) -> dict[str, np.ndarray]:
