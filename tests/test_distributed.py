@@ -203,3 +203,21 @@ def test_mid_epoch_checkpoint_refuses_another_process_count(tmp_path):
     with pytest.raises(UserError, match=r"middle of an epoch by 2 process\(es\); resume it "
                                         r"with 2 \(torchrun --nproc-per-node 2\)"):
         api.train(cfg, out_dir=tmp_path, resume=True)
+
+
+def test_gpu_processes_without_a_gpu_are_refused(monkeypatch):
+    from asymco.engine.distributed import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA GPU is available"):
+        init_distributed("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match="local rank 1 has no GPU: this node has 1"):
+        init_distributed("auto")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init_distributed("cpu") == (Dist(), "cpu")  # alone: no process group at all
+    assert not tdist.is_initialized()
