@@ -137,6 +137,8 @@ def test_sigkilled_two_process_run_resumes_exactly(pair: Path, runs: Path):
     out = runs / "pair-killed"
     left = kill_mid_epoch(out, 2, epoch=2)
     assert left["world_size"] == 2 and len(left["rng"]) == 2  # both ranks' RNG states
+    assert len(left["history"]) == 2 and left["step"] > 0, left["step"]  # inside epoch 2
+    assert len(left["sums"]) == 2  # both ranks' running figures of the epoch
     run(out, 2, resume=True)
     assert_same_run(out, pair)
 
@@ -207,3 +209,41 @@ def test_mid_epoch_resume_is_exact_for_every_loader(tmp_path, monkeypatch, loade
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
     for name in ("label_issues.csv", "noisy_labels.npy"):
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
+
+
+def terminate_mid_epoch(out: Path, processes: int, *, epoch: int) -> tuple[int, str, dict]:
+    """Start a run and send SIGTERM (a scheduler's preemption notice) to all its processes
+    inside `epoch`. Returns the exit status, stderr and the checkpoint left."""
+    proc = subprocess.Popen(command(out, processes), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        state = read_checkpoint(out / "checkpoint.pt")
+        if state and len(state["history"]) == epoch and state["step"] == 5:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err.decode(), read_checkpoint(out / "checkpoint.pt")
+
+
+def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes_exactly(alone: Path, runs: Path):
+    out = runs / "terminated"
+    status, err, left = terminate_mid_epoch(out, 1, epoch=2)
+    assert status == 143, err
+    assert len(left["history"]) == 2 and 5 < left["step"] < 23  # where it stopped, not step 5
+    lines = err.strip().splitlines()
+    assert lines[-1] == (f"asymco: stopped by SIGTERM at epoch 2, step {left['step']}; "
+                         f"checkpoint saved; continue with --resume --out {out}")
+    run(out, 1, resume=True)
+    assert_same_run(out, alone)
+
+
+def test_sigterm_stops_every_process_of_a_distributed_run(pair: Path, runs: Path):
+    out = runs / "pair-terminated"
+    _, err, left = terminate_mid_epoch(out, 2, epoch=1)
+    # Both ranks agreed on one step (a multiple of 10) and rank 0 saved it.
+    assert len(left["history"]) == 1 and left["step"] in (10, 20), err[-2000:]
+    assert "stopped by SIGTERM at epoch 1" in err
+    run(out, 2, resume=True)
+    assert_same_run(out, pair)

@@ -33,7 +33,7 @@ from asymco.engine.lr import build_lr_plan
 from asymco.engine.precision import Execution, resolve_execution
 from asymco.engine.rundir import RunDir
 from asymco.engine.tensorboard import ScalarLog
-from asymco.errors import UserError
+from asymco.errors import PreemptedError, UserError
 from asymco.label_issues import label_quality, write_label_issues
 from asymco.methods import METHODS, Method, create_method
 from asymco.models import MODELS, create_model
@@ -293,6 +293,9 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         run = dist.on_main(lambda: RunDir.prepare(path, resume=resume))
         try:
             return _train_into(run, cfg, exe, dist, resume=resume, wall_start=wall_start)
+        except PreemptedError as stopped:
+            stopped.run_dir = path
+            raise
         except BaseException:
             if dist.is_main and not existed and path.is_dir() and not any(path.iterdir()):
                 path.rmdir()  # a run that failed before writing anything leaves no empty folder
@@ -352,6 +355,8 @@ def _train_into(
 
     def save(position: Position) -> None:
         rngs = dist.gather(rng_state())  # every rank's RNGs, in rank order
+        # and every rank's running figures of the epoch so far (each holds its own share's)
+        sums = dist.gather({k: torch.as_tensor(v).cpu() for k, v in position.sums.items()})
 
         def write() -> None:
             at_epoch_end = position.step == 0
@@ -365,7 +370,7 @@ def _train_into(
                 world_size=dist.world,
                 history=position.history,
                 step=position.step,
-                sums={k: torch.as_tensor(v).cpu() for k, v in position.sums.items()},
+                sums=sums,
                 config=config,
                 num_samples=num_samples,
             )
@@ -433,7 +438,8 @@ def _restore(state: dict, method: Method, optimizer: torch.optim.Optimizer, dist
     optimizer.load_state_dict(state["optimizer"])
     rngs = state["rng"]
     set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
-    return Position(list(state["history"]), step, dict(state["sums"]))
+    sums = state["sums"][dist.rank] if step else {}  # mid-epoch: same world size (above)
+    return Position(list(state["history"]), step, dict(sums))
 
 
 def check_free_space(path: Path, method: Method, optimizer: torch.optim.Optimizer) -> None:

@@ -11,9 +11,10 @@ import os
 import sys
 from pathlib import Path
 
-from asymco.errors import UserError
+from asymco.errors import PreemptedError, UserError
 
 EXIT_USAGE = 2
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as if the signal had ended the process
 
 
 class _Parser(argparse.ArgumentParser):
@@ -226,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
             # One line even when the message quotes a value with a line break in it.
             print(f"asymco: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return EXIT_USAGE
+    except PreemptedError as stopped:  # a scheduler's SIGTERM: the checkpoint is already saved
+        if speaks:
+            print(
+                f"asymco: {stopped}; continue with --resume --out {stopped.run_dir}",
+                file=sys.stderr,
+            )
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         if speaks:
             print(

@@ -7,11 +7,16 @@ With `checkpoint_steps`, `save` also gets a mid-epoch position every that many s
 
 Under torchrun every rank runs this loop on its share of each batch; per-sample state and the
 epoch's figures are combined over ranks before anything is scored or saved.
+
+SIGTERM (what schedulers send before preempting a job) stops the run at the next step boundary
+with a checkpoint, so a preempted run loses nothing; `PreemptedError` tells the caller.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,13 +32,45 @@ from asymco.data.pil_loader import PilLoader
 from asymco.engine.distributed import Dist, sync_rows
 from asymco.engine.evaluate import Batches, accuracy, selection_scores
 from asymco.engine.precision import Execution
-from asymco.errors import UserError
+from asymco.errors import PreemptedError, UserError
 from asymco.methods.base import Method
 
 logger = logging.getLogger(__name__)
 Loader = ArrayLoader | PilLoader | FolderLoader
 NO_BAD_STEP = 2**62
 ALONE = Dist()
+STOP_CHECK_STEPS = 10
+"""With several processes, how often they agree on whether to stop (one tiny all-reduce)."""
+
+
+class StopSignal:
+    """Records SIGTERM while installed (main thread only) instead of dying on it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def agreed(self, dist: Dist, step: int, device: torch.device) -> bool:
+        """Whether every rank stops now: any rank's request counts, checked by all ranks at the
+        same steps (every step when running alone, where the check is free)."""
+        if not dist.enabled:
+            return self.requested
+        if step % STOP_CHECK_STEPS:
+            return False
+        flag = torch.tensor(float(self.requested), device=device)
+        return bool(dist.global_sum(flag) > 0)
 
 
 @dataclass
@@ -70,32 +107,37 @@ def fit(
     """Train from `start` to the end of epoch `epochs`; returns the full per-epoch history."""
     scaler = exe.make_scaler()
     history, first_epoch = start.history, start.epoch  # history grows, first_epoch stays
-    for epoch in range(first_epoch, epochs):
-        warmup = epoch < warmup_epochs
-        for group in optimizer.param_groups:
-            group["lr"] = plans[group["plan"]][epoch]
-        method.train()
-        resumed = start if epoch == first_epoch and start.step > 0 else Position(history)
-        if resumed.step:  # the epoch's resets already happened before the checkpoint
-            method.set_phase(epoch, warmup=warmup)
-        else:
-            method.on_epoch_start(epoch, warmup=warmup)
-        began = time.perf_counter()
-        epoch_run = _Epoch(method, optimizer, scaler, loader, exe, dist, epoch, resumed)
-        sums, visits = epoch_run.run(epochs, progress, checkpoint_steps, save)
-        seconds = time.perf_counter() - began
-        row = dist.on_main(partial(_epoch_row, method, sums, test, is_clean, optimizer, exe, epoch))
-        row.update(
-            epoch_seconds=round(seconds, 3),
-            images_per_second=round(loader.num_samples / max(seconds, 1e-9), 1),
-            eval_seconds=round(time.perf_counter() - began - seconds, 3),
-            visits_min=visits[0],
-            visits_max=visits[1],
-        )
-        history.append(row)
-        if dist.is_main:
-            logger.info(_describe(row, epochs))
-        save(Position(history))
+    with StopSignal() as stop:
+        for epoch in range(first_epoch, epochs):
+            warmup = epoch < warmup_epochs
+            for group in optimizer.param_groups:
+                group["lr"] = plans[group["plan"]][epoch]
+            method.train()
+            resumed = start if epoch == first_epoch and start.step > 0 else Position(history)
+            if resumed.step:  # the epoch's resets already happened before the checkpoint
+                method.set_phase(epoch, warmup=warmup)
+            else:
+                method.on_epoch_start(epoch, warmup=warmup)
+            began = time.perf_counter()
+            epoch_run = _Epoch(method, optimizer, scaler, loader, exe, dist, epoch, resumed)
+            sums, visits = epoch_run.run(epochs, progress, checkpoint_steps, save, stop)
+            seconds = time.perf_counter() - began
+            row = dist.on_main(
+                partial(_epoch_row, method, sums, test, is_clean, optimizer, exe, epoch)
+            )
+            row.update(
+                epoch_seconds=round(seconds, 3),
+                images_per_second=round(loader.num_samples / max(seconds, 1e-9), 1),
+                eval_seconds=round(time.perf_counter() - began - seconds, 3),
+                visits_min=visits[0],
+                visits_max=visits[1],
+            )
+            history.append(row)
+            if dist.is_main:
+                logger.info(_describe(row, epochs))
+            save(Position(history))
+            if epoch + 1 < epochs and stop.agreed(dist, 0, exe.device):
+                raise PreemptedError(epoch + 1, 0)
     return history
 
 
@@ -110,7 +152,7 @@ def run_epoch(
     """One whole pass in this process, without checkpoints or progress bar (benchmarks);
     returns the sums of the step figures."""
     run = _Epoch(method, optimizer, scaler, loader, exe, ALONE, epoch, Position([]))
-    return run.run(epoch + 1, False, 0, lambda position: None)[0]
+    return run.run(epoch + 1, False, 0, lambda position: None, StopSignal())[0]
 
 
 class _Epoch:
@@ -140,7 +182,12 @@ class _Epoch:
             self.visits[index.to(exe.device)] += 1
 
     def run(
-        self, epochs: int, progress: bool, checkpoint_steps: int, save: Callable[[Position], None]
+        self,
+        epochs: int,
+        progress: bool,
+        checkpoint_steps: int,
+        save: Callable[[Position], None],
+        stop: StopSignal,
     ) -> tuple[dict[str, Tensor], tuple[int, int]]:
         method, exe = self.method, self.exe
         batches = tqdm(
@@ -175,9 +222,8 @@ class _Epoch:
                 keys = ("loss", "train_acc_rtm", "train_acc", "selected_share")
                 batches.set_postfix({k: f"{v.item():.3g}" for k, v in out.items() if k in keys})
             done = step + 1
-            if checkpoint_steps and done % checkpoint_steps == 0 and done < len(self.loader):
-                self._agree()
-                save(Position(self.start.history, done, dict(self.sums)))
+            if done < len(self.loader):  # the epoch's end has its own checkpoint, in `fit`
+                self._between_steps(done, checkpoint_steps, save, stop)
         visits = self._agree()
         sums = dict(self.sums)
         if self.dist.enabled:  # each figure: the mean over every rank's batches
@@ -187,6 +233,17 @@ class _Epoch:
         if visits != (1, 1):
             raise RuntimeError(f"epoch {self.epoch} visited samples {visits} times (min, max)")
         return sums, visits
+
+    def _between_steps(
+        self, done: int, checkpoint_steps: int, save: Callable[[Position], None], stop: StopSignal
+    ) -> None:
+        """A mid-epoch checkpoint when one is due, or when the run is asked to stop."""
+        stopping = stop.agreed(self.dist, done, self.exe.device)
+        if stopping or (checkpoint_steps and done % checkpoint_steps == 0):
+            self._agree()
+            save(Position(self.start.history, done, dict(self.sums)))
+        if stopping:
+            raise PreemptedError(self.epoch, done)
 
     def _agree(self) -> tuple[int, int]:
         """Stop on a non-finite loss (before anything is saved), then make the per-sample state
