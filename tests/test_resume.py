@@ -64,6 +64,23 @@ def read_checkpoint(path: Path) -> dict | None:
         return None
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
 def kill_mid_epoch(out: Path, processes: int, *, epoch: int) -> dict:
     """Start a run and SIGKILL all its processes right after a mid-epoch checkpoint of `epoch`
     (after step 5 or 10 of 23, so the kill lands well inside the epoch). Returns the checkpoint
@@ -81,11 +98,17 @@ def kill_mid_epoch(out: Path, processes: int, *, epoch: int) -> dict:
         else:
             pytest.fail("the run never reached the middle of the epoch")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank, as a crashed node
+        # The launcher and every rank, as a crashed node. torchrun starts each rank in a
+        # session of its own, so killing the launcher's process group would leave them running.
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            os.kill(pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    left = read_checkpoint(out / "checkpoint.pt")
+    time.sleep(1)  # nothing may still be running and writing into the run
+    assert read_checkpoint(out / "checkpoint.pt")["step"] == left["step"]
     assert not (out / "summary.json").exists()
-    return read_checkpoint(out / "checkpoint.pt")
+    return left
 
 
 def metrics(out: Path) -> list[dict]:
