@@ -7,6 +7,13 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI draws the same property-test examples on every run, so a red build can be reproduced;
+# locally hypothesis explores new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI", "").lower() in ("1", "true"):
+    settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ASYMCO_SHARED_DATA", REPO.parent / "shared" / "data"))
