@@ -31,7 +31,7 @@ from torchvision.transforms import functional as TF
 
 from asymco.augment import Normalizer
 from asymco.data.layouts import FolderSplit
-from asymco.data.loader import Batch
+from asymco.data.loader import WorkerLoader
 from asymco.data.sharding import BatchPlan, item_seed
 from asymco.errors import UserError
 from asymco.randaugment import RandAugmentUDA
@@ -238,7 +238,7 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(info.seed % 2**32)
 
 
-class FolderLoader:
+class FolderLoader(WorkerLoader):
     """Same interface as `ArrayLoader`: `epoch(...)` yields device `Batch`es.
 
     Args:
@@ -250,6 +250,8 @@ class FolderLoader:
         workers: DataLoader worker processes (0: decode in this process).
         truncated_ok: Decode truncated images.
     """
+
+    worker_init_fn = staticmethod(seed_worker)
 
     def __init__(
         self,
@@ -264,41 +266,15 @@ class FolderLoader:
         workers: int,
         truncated_ok: bool = True,
     ) -> None:
-        self.dataset = FolderViewDataset(
-            paths, labels, train=True, size=size, resize=resize, truncated_ok=truncated_ok
+        super().__init__(
+            FolderViewDataset(
+                paths, labels, train=True, size=size, resize=resize, truncated_ok=truncated_ok
+            ),
+            plan=plan,
+            normalize=normalize,
+            device=device,
+            workers=workers,
         )
-        self.plan = plan
-        self.normalize = normalize
-        self.device = device
-        self.workers = workers
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.dataset)
-
-    def epoch(self, epoch: int, *, strong: bool, start_step: int = 0) -> Iterator[Batch]:
-        """This process's batches of `epoch`, from step `start_step` on."""
-        # A fresh DataLoader per epoch hands the workers the current flag and epoch seed.
-        self.dataset.with_strong = strong
-        self.dataset.epoch_seed = self.plan.epoch_seed(epoch)
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=[b.tolist() for b in self.plan.batches(epoch)[start_step:]],
-            num_workers=self.workers,
-            worker_init_fn=seed_worker,
-            pin_memory=self.device.type == "cuda",
-        )
-        to = {"device": self.device, "non_blocking": True}
-        for index, weak, strong_view, label in loader:
-            yield Batch(
-                index.to(**to),
-                self.normalize(weak.to(**to)),
-                self.normalize(strong_view.to(**to)) if strong else None,
-                label.to(**to),
-            )
 
 
 def folder_test_batches(

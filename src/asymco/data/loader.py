@@ -5,16 +5,20 @@ Each epoch visits every sample exactly once in a seeded random order (shuffle, n
 batch, as the official loader), so per-sample state is updated once per sample per epoch. Which
 samples a step holds, and its augmentation RNG, come from a `BatchPlan` (sharding.py), so a run
 can start at any step of any epoch and several processes can share one epoch.
+
+`WorkerLoader` is the same interface over DataLoader workers, for the per-image pipelines
+(`pil_loader.PilLoader`, `folders.FolderLoader`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from asymco.augment import IMAGENET_MEAN, IMAGENET_STD, VIEWS, Normalizer
 from asymco.data.sharding import BatchPlan
@@ -90,3 +94,57 @@ class ArrayLoader:
             weak = self.normalize(self.weak_fn(raw, gen))
             strong_view = self.normalize(self.strong_fn(raw, gen)) if strong else None
             yield Batch(index, weak, strong_view, self.labels[index])
+
+
+class WorkerLoader:
+    """The per-image loaders' common part: DataLoader workers decode and augment each sample of
+    the plan's batches; `Batch`es come out on the device, normalised.
+
+    The dataset returns (index, weak uint8, strong uint8 or empty, label) and has the attributes
+    `with_strong` and `epoch_seed` (its per-sample augmentation seeds derive from the latter).
+    """
+
+    worker_init_fn: Callable[[int], None] | None = None
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        plan: BatchPlan,
+        normalize: Normalizer,
+        device: torch.device,
+        workers: int,
+    ) -> None:
+        self.dataset = dataset
+        self.plan = plan
+        self.normalize = normalize
+        self.device = device
+        self.workers = workers
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def epoch(self, epoch: int, *, strong: bool, start_step: int = 0) -> Iterator[Batch]:
+        """This process's batches of `epoch`, from step `start_step` on."""
+        # A fresh DataLoader per epoch hands the workers the current flag and epoch seed.
+        self.dataset.with_strong = strong
+        self.dataset.epoch_seed = self.plan.epoch_seed(epoch)
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=[b.tolist() for b in self.plan.batches(epoch)[start_step:]],
+            num_workers=self.workers,
+            worker_init_fn=self.worker_init_fn,
+            pin_memory=self.device.type == "cuda",
+        )
+        to = {"device": self.device, "non_blocking": True}
+        for index, weak, strong_view, label in loader:
+            yield Batch(
+                index.to(**to),
+                self.normalize(weak.to(**to)),
+                self.normalize(strong_view.to(**to)) if strong else None,
+                label.to(**to),
+            )

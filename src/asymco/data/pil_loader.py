@@ -7,17 +7,15 @@ decoding; array data defaults to the much faster device path in `loader.py`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from asymco.augment import Normalizer
-from asymco.data.loader import Batch
+from asymco.data.loader import WorkerLoader
 from asymco.data.sharding import BatchPlan, item_seed
 
 
@@ -71,8 +69,8 @@ class _ViewDataset(Dataset):
         return index, weak, strong, int(self.labels[index])
 
 
-class PilLoader:
-    """Same interface as `ArrayLoader`: `epoch(strong=...)` yields device `Batch`es."""
+class PilLoader(WorkerLoader):
+    """Same interface as `ArrayLoader`: `epoch(...)` yields device `Batch`es."""
 
     def __init__(
         self,
@@ -85,34 +83,10 @@ class PilLoader:
         device: torch.device,
         workers: int,
     ) -> None:
-        self.dataset = _ViewDataset(images, labels, views)
-        self.plan = plan
-        self.normalize = normalize
-        self.device = device
-        self.workers = workers
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.dataset)
-
-    def epoch(self, epoch: int, *, strong: bool, start_step: int = 0) -> Iterator[Batch]:
-        # A fresh DataLoader per epoch hands the workers the current flag and epoch seed.
-        self.dataset.with_strong = strong
-        self.dataset.epoch_seed = self.plan.epoch_seed(epoch)
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=[b.tolist() for b in self.plan.batches(epoch)[start_step:]],
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
+        super().__init__(
+            _ViewDataset(images, labels, views),
+            plan=plan,
+            normalize=normalize,
+            device=device,
+            workers=workers,
         )
-        for index, weak, strong_view, label in loader:
-            to = {"device": self.device, "non_blocking": True}
-            yield Batch(
-                index.to(**to),
-                self.normalize(weak.to(**to)),
-                self.normalize(strong_view.to(**to)) if strong else None,
-                label.to(**to),
-            )
