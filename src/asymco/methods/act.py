@@ -107,7 +107,8 @@ class ACT(Method):
         loss_ntm = self.per_sample_ce(z_ntm, label).mean() * share
         if self.warmup:
             return self._warmup_step(index, label, z_rtm, loss_ntm, share, counts)
-        return self._robust_step(batch, z_rtm, z_strong, loss_ntm, share, counts, ntm_hits)
+        hits = (rtm_hits, ntm_hits)
+        return self._robust_step(batch, z_rtm, z_strong, loss_ntm, share, counts, hits)
 
     def _warmup_step(
         self,
@@ -139,10 +140,10 @@ class ACT(Method):
         loss_ntm: Tensor,
         share: Tensor,
         counts: Tensor,
-        ntm_hits: Tensor,
+        hits: tuple[Tensor, Tensor],
     ) -> dict[str, Tensor]:
         cfg, index, label = self.cfg, batch.index, batch.label
-        rtm_hits = z_rtm.argmax(1) == label
+        rtm_hits, ntm_hits = hits  # this rank's samples; `counts` sums them over all ranks
         gap, acc_rtm = memorization_gap_of_counts(counts[0], counts[1], counts[2])
         mining = self._mining_gate(gap, acc_rtm)
         chosen, mined = select(
