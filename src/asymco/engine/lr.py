@@ -2,7 +2,20 @@
 
 A plan is a list with one value per epoch; the engine writes `plan[epoch]` into the optimizer's
 parameter group once at the start of each epoch, as the official code does (no change within an
-epoch).
+epoch). Every plan has exactly `epochs` entries. The strings mean what they mean in the official
+code's `build_lr_plan` (E = epochs, W = warmup epochs):
+
+- `cosine:s,end,t`: `warmup_lr` for W epochs, `lr` until epoch s, a half cosine from `lr`
+  towards `end` over epochs s..t-1, then the last value held.
+- `constant`: `warmup_lr` for W epochs, then `lr`.
+- `baseline`: `lr` x0.1 at epochs 60, 120 and 150, and no warmup: `warmup_lr` is never used
+  (the plan that drives the NTM in `main_web.py`).
+- `step`: the `baseline` milestones, with the first W entries replaced by `warmup_lr`.
+- `step30`: `lr` x0.1 at epochs 50, 80 and 100, the first W entries replaced by `warmup_lr`.
+- `step:m1,...,last`: the elements before the last are whole-number milestones. A last element
+  >= 1 is one more milestone and the factor is 0.1; a last element below 1 is the factor and not
+  a milestone. `plan[e] = lr * factor ** (number of milestones <= e)`, then the first W entries
+  are replaced by `warmup_lr`.
 """
 
 from __future__ import annotations
@@ -12,11 +25,19 @@ import math
 from asymco.errors import UserError
 
 _STEP_MILESTONES = {"step": (60, 120, 150), "baseline": (60, 120, 150), "step30": (50, 80, 100)}
+_STEP_FACTOR = 0.1
 
 
 def parse_decay(decay: str) -> tuple[str, tuple[float, ...]]:
-    """Split `name:a,b,c` into its name and numbers; raise `UserError` on a malformed string."""
-    name, _, rest = decay.partition(":")
+    """Split `name:a,b,c` into its name and numbers; raise `UserError` on a malformed string.
+
+    Besides the shape of each form (see the module docstring), a `step:...` list is refused where
+    the official code would crash or the plan would make no sense: an empty list (`step:`), a
+    value that is not finite, a milestone that is not a whole number >= 0, or a factor <= 0.
+    `baseline`, `step30` and `constant` take no numbers. The numbers come back as written, so for
+    `step:40,80,0.5` they are (40.0, 80.0, 0.5); `step_schedule` tells milestones from factor.
+    """
+    name, colon, rest = decay.partition(":")
     try:
         numbers = tuple(float(x) for x in rest.split(",")) if rest else ()
     except ValueError:
@@ -27,14 +48,44 @@ def parse_decay(decay: str) -> tuple[str, tuple[float, ...]]:
         start, _, stop = numbers
         if stop <= start:
             raise UserError(f"optim.lr_decay {decay!r}: stop must come after start")
-    elif name == "step" and numbers:
-        pass  # step:a,b,...: decay x0.1 at each listed epoch
-    elif name not in _STEP_MILESTONES and name != "constant":
+    elif name == "step" and colon:
+        if not numbers:
+            raise UserError(f"optim.lr_decay {decay!r} lists no milestones; use step:e1,e2,...")
+        _check_step_numbers(decay, numbers)
+    elif name in _STEP_MILESTONES or name == "constant":
+        if colon:
+            raise UserError(f"optim.lr_decay {decay!r}: {name!r} takes no numbers")
+    else:
         raise UserError(
             f"optim.lr_decay {decay!r} is not supported; use cosine:start,end,stop, step, "
             "step:e1,e2,..., baseline, step30 or constant"
         )
     return name, numbers
+
+
+def _check_step_numbers(decay: str, numbers: tuple[float, ...]) -> None:
+    """Refuse a `step:...` list the official code would crash on or that makes no sense."""
+    if not all(math.isfinite(x) for x in numbers):
+        raise UserError(f"optim.lr_decay {decay!r} has a value that is not a finite number")
+    milestones, factor = step_schedule(numbers)
+    if factor <= 0:
+        raise UserError(f"optim.lr_decay {decay!r}: the decay factor {factor:g} must be above 0")
+    for m in milestones:
+        if m != int(m) or m < 0:
+            raise UserError(
+                f"optim.lr_decay {decay!r}: the milestone {m:g} is not a whole epoch number >= 0"
+            )
+
+
+def step_schedule(numbers: tuple[float, ...]) -> tuple[tuple[float, ...], float]:
+    """The milestones and the factor of a `step:m1,...,last` list (official semantics).
+
+    A last element >= 1 is one more milestone and the factor is 0.1; one below 1 is the factor.
+    """
+    *milestones, last = numbers
+    if last >= 1:
+        return (*milestones, last), _STEP_FACTOR
+    return tuple(milestones), last
 
 
 def cosine_segment(lr: float, end: float, length: int) -> list[float]:
@@ -47,12 +98,18 @@ def cosine_segment(lr: float, end: float, length: int) -> list[float]:
 def build_lr_plan(
     lr: float, *, epochs: int, warmup_epochs: int, warmup_lr: float, decay: str
 ) -> list[float]:
-    """Learning rate for each epoch 0..epochs-1.
+    """Learning rate for each epoch 0..epochs-1, always exactly `epochs` values.
 
     `cosine:s,end,t`: `warmup_lr` for the warmup epochs, then `lr` until epoch s (nothing if
     s <= warmup_epochs), then t - s cosine values from lr towards `end`, then the last value
-    held. Step plans multiply `lr` by 0.1 at each milestone and use no warmup lr, like the
-    official `baseline` plan that drives the NTM in `main_web.py`.
+    held. `constant`: `warmup_lr` for the warmup epochs, then `lr`.
+
+    Step plans follow the official code: `plan[e] = lr * factor ** (milestones <= e)`, with
+    milestones 60/120/150 for `step` and `baseline`, 50/80/100 for `step30` (factor 0.1), and
+    for `step:m1,...,last` the listed milestones, where a last element below 1 is the factor
+    rather than a milestone (see `step_schedule`). `step`, `step30` and `step:...` then replace
+    the first `warmup_epochs` entries by `warmup_lr`; `baseline` never uses `warmup_lr`, like
+    the official plan that drives the NTM in `main_web.py`.
     """
     name, numbers = parse_decay(decay)
     if name == "cosine":
@@ -64,6 +121,14 @@ def build_lr_plan(
             plan += [plan[-1]] * (epochs - len(plan))
         return plan[:epochs]
     if name == "constant":
-        return [warmup_lr] * warmup_epochs + [lr] * max(0, epochs - warmup_epochs)
-    milestones = tuple(int(x) for x in numbers) if numbers else _STEP_MILESTONES[name]
-    return [lr * 0.1 ** sum(e >= m for m in milestones) for e in range(epochs)]
+        plan = [warmup_lr] * warmup_epochs + [lr] * max(0, epochs - warmup_epochs)
+        return plan[:epochs]
+    if numbers:  # step:m1,...,last
+        milestones, factor = step_schedule(numbers)
+    else:
+        milestones, factor = _STEP_MILESTONES[name], _STEP_FACTOR
+    plan = [lr * factor ** sum(e >= m for m in milestones) for e in range(epochs)]
+    if name == "baseline":
+        return plan
+    warmup = min(max(0, warmup_epochs), epochs)
+    return [warmup_lr] * warmup + plan[warmup:]
