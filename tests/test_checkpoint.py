@@ -119,7 +119,7 @@ CRASH_WHILE_SAVING = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     import torch
-    from asymco.engine import files
+    from asymco import files
     from asymco.engine.checkpoint import save_checkpoint
 
     path, where = Path(sys.argv[1]), sys.argv[2]

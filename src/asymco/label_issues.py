@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asymco.engine.files import write_text_atomic
+from asymco.files import write_text_atomic
 from asymco.errors import UserError
 
 COLUMNS = (

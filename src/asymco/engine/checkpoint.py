@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from asymco.engine.files import torch_bytes, write_atomic
+from asymco.files import torch_bytes, write_atomic
 from asymco.errors import UserError
 
 FORMAT = 2  # 2: per-rank RNG states, mid-epoch position, no loader RNG

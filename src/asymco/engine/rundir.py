@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from asymco.engine.files import write_atomic, write_text_atomic
+from asymco.files import write_atomic, write_text_atomic
 from asymco.errors import UserError
 
 

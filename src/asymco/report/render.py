@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from asymco.files import write_atomic
 from asymco.report.collect import Run
 from asymco.report.plots import figure_title, plot_run
 from asymco.report.tables import (
@@ -28,7 +27,6 @@ from asymco.report.tables import (
 MARKDOWN_NAME = "report.md"
 HTML_NAME = "report.html"
 TITLE = "asymco report"
-FILE_MODE = 0o644
 """Permissions of the written files (mkstemp alone would make them owner-only)."""
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;
@@ -47,26 +45,6 @@ code { font-size: .88rem; background: #f2f4f7; padding: 0 .25rem; border-radius:
 img { max-width: 100%; height: auto; border: 1px solid #e3e3e3; }
 section { margin-bottom: 2rem; }
 """
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory and `os.replace`.
-
-    A crash leaves either the old file or the new one, never a partial file.
-
-    Args:
-        path: The destination file.
-        data: The bytes to write.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def image_name(index: int, run: Run) -> str:

@@ -1,4 +1,7 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written file in place."""
+"""Atomic file writes: a crash mid-write never leaves a half-written file in place.
+
+Every file asymco writes (run directories, checkpoints, reports) goes through `write_atomic`.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,22 @@ import os
 import tempfile
 from pathlib import Path
 
+FILE_MODE = 0o644
+"""`mkstemp` creates files readable by their owner only; results are meant to be shared."""
+
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    """Write to a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    A reader (or a crash) sees either the old file or the new one, never part of one.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -42,6 +52,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def torch_bytes(obj: object) -> bytes:
+    """`torch.save(obj)` into memory, so the bytes can be written atomically."""
     import torch
 
     buffer = io.BytesIO()
