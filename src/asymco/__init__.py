@@ -1,7 +1,6 @@
 """asymco: train image classifiers on noisily labelled data with Asymmetric Co-Training (ACT)."""
 
-__version__ = "0.1.0"
-
+from asymco._version import __version__
 from asymco.api import RunResult, load_run_config, resolve_config, train
 from asymco.data.noise import make_noisy_labels, transition_matrix
 from asymco.engine.evaluate import selection_scores

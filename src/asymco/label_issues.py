@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from asymco.files import write_text_atomic
 from asymco.errors import UserError
+from asymco.files import write_text_atomic
 
 COLUMNS = (
     "index",
@@ -37,7 +37,7 @@ def label_quality(
     pred_probs: np.ndarray,
     *,
     selected_epochs: np.ndarray | None = None,
-    robust_epochs: int = 0,
+    epochs_after_warmup: int = 0,
     last_selected: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-sample label quality from the RTM's predictions and ACT's selection history.
@@ -47,7 +47,7 @@ def label_quality(
         pred_probs: (N, K) the reported net's softmax on the un-augmented training images.
         selected_epochs: (N,) number of robust epochs in which each sample was selected, or
             None for a method without selection.
-        robust_epochs: how many robust epochs ran.
+        epochs_after_warmup: how many epochs ran after warmup (the robust epochs of ACT).
         last_selected: (N,) bool selection of the last epoch (None: no selection).
 
     Returns:
@@ -63,8 +63,8 @@ def label_quality(
         raise UserError(f"pred_probs must have shape ({given.shape[0]}, K), got {probs.shape}")
     predicted = probs.argmax(1)
     given_prob = probs[np.arange(len(given)), given]
-    if selected_epochs is not None and robust_epochs > 0:
-        share = np.clip(np.asarray(selected_epochs, dtype=np.float64) / robust_epochs, 0, 1)
+    if selected_epochs is not None and epochs_after_warmup > 0:
+        share = np.clip(np.asarray(selected_epochs, dtype=np.float64) / epochs_after_warmup, 0, 1)
         score = 0.5 * (share + given_prob)
         issue = ~np.asarray(last_selected, dtype=bool)
     else:

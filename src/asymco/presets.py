@@ -10,13 +10,13 @@ from dataclasses import replace
 
 from asymco.config import (
     DataConfig,
-    MethodConfig,
     ModelConfig,
     NoiseConfig,
     OptimConfig,
     RunConfig,
     TrainConfig,
 )
+from asymco.methods.act import ACTSettings
 from asymco.registry import Registry
 
 PRESETS = Registry("preset")
@@ -34,7 +34,7 @@ _TABLE1 = [
 _PAPER_CIFAR = RunConfig(
     data=DataConfig(dataset="cifar100", batch_size=128, views="cifar", normalize="imagenet"),
     model=ModelConfig(name="cnn7"),
-    method=MethodConfig(name="act"),
+    method=ACTSettings(),
     optim=OptimConfig(lr=0.01, warmup_lr=0.01, lr_decay="cosine:50,5e-4,150"),
     train=TrainConfig(epochs=150, warmup_epochs=50, seed=123),
 )
@@ -64,7 +64,12 @@ _TABLE2 = [
     ("web-bird", "Web-Bird (200 classes)", 81.43),
     ("web-car", "Web-Car (196 classes)", 88.75),
 ]
-_WEB_METHOD = MethodConfig(name="act", label_smoothing=0.35, selection_variant="web")
+_WEB_METHOD = ACTSettings(
+    label_smoothing=0.35,
+    selection_variant="web",
+    ntm_lr_mode="separate_step",  # main_web.py: the NTM on lr1 = 0.001 with the step plan
+    ntm_lr=0.001,
+)
 
 
 def _register_web(name: str, title: str, paper: float) -> None:
@@ -80,8 +85,6 @@ def _register_web(name: str, title: str, paper: float) -> None:
             lr=0.005,
             warmup_lr=0.005,
             lr_decay="cosine:20,5e-4,100",
-            ntm_lr_mode="separate_step",
-            ntm_lr=0.001,
         ),
         train=TrainConfig(epochs=100, warmup_epochs=20, seed=123),
     )
@@ -106,8 +109,6 @@ def _food101n() -> RunConfig:
             lr=5e-4,
             warmup_lr=1e-3,
             lr_decay="cosine:5,5e-5,50",
-            ntm_lr_mode="separate_step",
-            ntm_lr=1e-3,
         ),
         train=TrainConfig(epochs=50, warmup_epochs=5, seed=123),
     )
@@ -147,7 +148,7 @@ def _custom() -> RunConfig:
         data=DataConfig(dataset="folder"),
         noise=NoiseConfig(kind="none", rate=0.0),
         model=ModelConfig(name="resnet50"),
-        method=MethodConfig(name="act"),
+        method=ACTSettings(),
         optim=OptimConfig(lr=0.01, warmup_lr=0.01, lr_decay="cosine:10,5e-4,60"),
         train=TrainConfig(epochs=60, warmup_epochs=10, seed=123),
     )
@@ -167,39 +168,10 @@ def _quickstart() -> RunConfig:
         ),
         noise=NoiseConfig(kind="symmetric", rate=0.4),
         model=ModelConfig(name="digits_cnn"),
-        method=MethodConfig(name="act"),
+        method=ACTSettings(),
         optim=OptimConfig(lr=0.05, warmup_lr=0.05, lr_decay="cosine:10,1e-3,60"),
         train=TrainConfig(epochs=60, warmup_epochs=10, seed=123),
     )
-
-
-# The baselines' published numbers for each cell (Table 1, 2 and 3 of the ACT paper, which
-# copies most of them from earlier papers), so a report compares every method with its own.
-_CIFAR_CELLS = (
-    "cifar100n-sym20",
-    "cifar100n-sym80",
-    "cifar100n-asym40",
-    "cifar80n-sym20",
-    "cifar80n-sym80",
-    "cifar80n-asym40",
-)
-_BASELINES = {
-    "standard": (35.14, 4.41, 27.29, 29.37, 4.20, 22.25, 60.80, 64.40, 60.60, 84.50),
-    "coteaching": (43.73, 15.15, 28.35, 60.38, 16.59, 42.42, 79.54, 76.68, 84.95, 61.91),
-    "coteaching_plus": (49.27, 13.44, 33.62, 53.97, 12.29, 43.01, 74.80, 70.12, 76.77, 81.61),
-    "jocor": (53.01, 15.49, 32.70, 59.99, 12.85, 39.37, 80.11, 79.19, 85.10, 77.94),
-}
-_CELLS = (*_CIFAR_CELLS, "web-aircraft", "web-bird", "web-car", "food101n")
-PAPER_NUMBERS = {
-    (cell, method): value
-    for method, values in _BASELINES.items()
-    for cell, value in zip(_CELLS, values, strict=True)
-}
-
-
-def paper_number(preset: str, method: str, act_number: float | None) -> float | None:
-    """The paper's test accuracy for `method` on `preset` (None where it reports none)."""
-    return act_number if method == "act" else PAPER_NUMBERS.get((preset, method))
 
 
 def get_preset(name: str) -> RunConfig:

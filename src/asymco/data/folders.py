@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision.transforms import functional as TF
 
 from asymco.augment import Normalizer
+from asymco.batch import EvalBatches
 from asymco.data.layouts import FolderSplit
 from asymco.data.loader import WorkerLoader
 from asymco.data.sharding import BatchPlan, item_seed
@@ -39,8 +40,6 @@ from asymco.randaugment import RandAugmentUDA
 logger = logging.getLogger(__name__)
 
 OnBadImage = Literal["skip", "stop"]
-TestBatches = Callable[[], Iterator[tuple[Tensor, Tensor]]]
-"""Same shape as `engine.evaluate.Batches`: each call gives a fresh pass over the test set."""
 
 
 def _problem(path: str, decode: bool) -> str | None:
@@ -288,7 +287,7 @@ def folder_test_batches(
     normalize: Normalizer,
     device: torch.device,
     truncated_ok: bool = True,
-) -> TestBatches:
+) -> EvalBatches:
     """Evaluation batches: each call of the result makes a fresh in-order pass yielding
     (normalised (B, 3, size, size) images, (B,) int64 labels) on `device`."""
     dataset = FolderViewDataset(

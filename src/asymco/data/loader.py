@@ -13,7 +13,6 @@ can start at any step of any epoch and several processes can share one epoch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,20 +20,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from asymco.augment import IMAGENET_MEAN, IMAGENET_STD, VIEWS, Normalizer
+from asymco.batch import Batch, EvalBatches
 from asymco.data.sharding import BatchPlan
-
-
-class Batch(NamedTuple):
-    """What a method's `training_step` receives. There are no true labels here."""
-
-    index: Tensor
-    """(B,) int64 positions in the training set: the key of all per-sample state."""
-    weak: Tensor
-    """(B, C, H, W) float32 weakly augmented, normalised view."""
-    strong: Tensor | None
-    """(B, C, H, W) strongly augmented view, or None when the method does not need it."""
-    label: Tensor
-    """(B,) int64 observed (possibly noisy) labels."""
 
 
 def to_device_images(images: np.ndarray, device: torch.device) -> Tensor:
@@ -55,6 +42,19 @@ def normalizer_for(
         return Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, memory_format)
     flat = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
     return Normalizer(tuple(flat.mean(0)), tuple(flat.std(0) + 1e-8), device, memory_format)
+
+
+def array_batches(
+    images: Tensor, labels: Tensor, *, batch_size: int, normalize: Normalizer
+) -> EvalBatches:
+    """Un-augmented batches of uint8 (N, C, H, W) device images, in order."""
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, len(labels), batch_size):
+            stop = start + batch_size
+            yield normalize(images[start:stop]), labels[start:stop]
+
+    return batches
 
 
 class ArrayLoader:

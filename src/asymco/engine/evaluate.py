@@ -3,32 +3,14 @@ selection: methods never see true labels."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import torch
 from torch import Tensor, nn
 
-from asymco.augment import Normalizer
-
-Batches = Callable[[], Iterator[tuple[Tensor, Tensor]]]
-"""A re-iterable source of (normalised images (B, C, H, W), labels (B,)) on the device."""
-
-
-def array_batches(
-    images: Tensor, labels: Tensor, *, batch_size: int, normalize: Normalizer
-) -> Batches:
-    """Un-augmented batches of uint8 (N, C, H, W) device images, in order."""
-
-    def batches() -> Iterator[tuple[Tensor, Tensor]]:
-        for start in range(0, len(labels), batch_size):
-            stop = start + batch_size
-            yield normalize(images[start:stop]), labels[start:stop]
-
-    return batches
+from asymco.batch import EvalBatches
 
 
 @torch.inference_mode()
-def predict_probs(net: nn.Module, batches: Batches, num_classes: int | None = None) -> Tensor:
+def predict_probs(net: nn.Module, batches: EvalBatches, num_classes: int | None = None) -> Tensor:
     """(N, K) float32 softmax of `net` in eval mode over `batches`, in order; over the first
     `num_classes` logits only when given (a net with more outputs than the data has classes)."""
     was_training = net.training
@@ -39,7 +21,7 @@ def predict_probs(net: nn.Module, batches: Batches, num_classes: int | None = No
 
 
 @torch.inference_mode()
-def accuracy(net: nn.Module, batches: Batches) -> float:
+def accuracy(net: nn.Module, batches: EvalBatches) -> float:
     """Top-1 accuracy in percent of `net` in eval mode."""
     was_training = net.training
     net.eval()
@@ -53,7 +35,7 @@ def accuracy(net: nn.Module, batches: Batches) -> float:
 
 
 def selection_scores(selected: Tensor, is_clean: Tensor) -> dict[str, float | None]:
-    """Precision, recall and F1 of a selection against the clean mask (act-spec E).
+    """Precision, recall and F1 of a selection against the clean mask (the spec's section E).
 
     Both are (N,) bool. Precision is None when nothing is selected; F1 is None when it cannot
     be defined.
@@ -74,3 +56,13 @@ def selection_scores(selected: Tensor, is_clean: Tensor) -> dict[str, float | No
         "f1": f1,
         "fraction": n_sel / len(selected) if len(selected) else None,
     }
+
+
+def score_judgement(mask: Tensor, is_clean: Tensor | None) -> dict[str, float | None]:
+    """`selection_scores` of a method's (N,) bool judgement, or only the share it marks when
+    the truth is unknown (real noise)."""
+    if is_clean is not None:
+        return selection_scores(mask, is_clean)
+    scores: dict[str, float | None] = dict.fromkeys(("precision", "recall", "f1"))
+    scores["fraction"] = float(mask.float().mean())
+    return scores

@@ -1,97 +1,73 @@
 """The training loop: one function that reads top to bottom.
 
-Per epoch: set each parameter group's LR from its plan, run the batches (training_step ->
-backward -> step), evaluate every net on the test set, score the selection against the clean
-mask, append one metrics row, and hand the new `Position` to `save` (checkpoint, metrics.jsonl).
-With `checkpoint_steps`, `save` also gets a mid-epoch position every that many steps.
+Per epoch: set each net's LR from its plan, run the batches (training_step -> backward -> step),
+evaluate every net the method names on the test set, score the method's judgements against the
+clean mask, let the method make its metrics row, and hand the new `Position` to `save`
+(checkpoint, metrics.jsonl). With `checkpoint_steps`, `save` also gets a mid-epoch position every
+that many steps.
 
 Under torchrun every rank runs this loop on its share of each batch; per-sample state and the
 epoch's figures are combined over ranks before anything is scored or saved.
 
-SIGTERM (what schedulers send before preempting a job) stops the run at the next step boundary
-with a checkpoint, so a preempted run loses nothing; `PreemptedError` tells the caller.
+SIGTERM stops the run at the next step boundary with a checkpoint, so a preempted run loses
+nothing; `PreemptedError` tells the caller.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from functools import partial
+from typing import Protocol
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from asymco.data.folders import FolderLoader
-from asymco.data.loader import ArrayLoader
-from asymco.data.pil_loader import PilLoader
+from asymco.batch import Batch, EvalBatches
+from asymco.engine.checkpoint import Position
 from asymco.engine.distributed import Dist, sync_rows
-from asymco.engine.evaluate import Batches, accuracy, selection_scores
+from asymco.engine.evaluate import accuracy, score_judgement
 from asymco.engine.precision import Execution
+from asymco.engine.stop import StopSignal
 from asymco.errors import PreemptedError, UserError
 from asymco.methods.base import Method
+from asymco.methods.reporting import EpochResults
 
 logger = logging.getLogger(__name__)
-Loader = ArrayLoader | PilLoader | FolderLoader
 NO_BAD_STEP = 2**62
 ALONE = Dist()
-STOP_CHECK_STEPS = 10
-"""With several processes, how often they agree on whether to stop (one tiny all-reduce)."""
 
 
-class StopSignal:
-    """Records SIGTERM while installed (main thread only) instead of dying on it."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._record)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-    def _record(self, signum: int, frame: object) -> None:
-        self.requested = True
-
-    def agreed(self, dist: Dist, step: int, device: torch.device) -> bool:
-        """Whether every rank stops now: any rank's request counts, checked by all ranks at the
-        same steps (every step when running alone, where the check is free)."""
-        if not dist.enabled:
-            return self.requested
-        if step % STOP_CHECK_STEPS:
-            return False
-        flag = torch.tensor(float(self.requested), device=device)
-        return bool(dist.global_sum(flag) > 0)
+class StepPlan(Protocol):
+    def batches(self, epoch: int) -> list[Tensor]:
+        """This process's sample indices of each step of `epoch`."""
+        ...
 
 
-@dataclass
-class Position:
-    """Where training stands: the finished epochs' metrics rows and, inside the next epoch, the
-    steps already done with the sums of their figures (a mid-epoch checkpoint)."""
+class TrainLoader(Protocol):
+    """What the loop needs of a training loader (`data/pipeline.py` chooses and builds it)."""
 
-    history: list[dict]
-    step: int = 0
-    sums: dict[str, Tensor] = field(default_factory=dict)
+    plan: StepPlan
 
     @property
-    def epoch(self) -> int:
-        return len(self.history)
+    def num_samples(self) -> int: ...
+
+    def __len__(self) -> int:
+        """Steps per epoch."""
+        ...
+
+    def epoch(self, epoch: int, *, strong: bool, start_step: int = 0) -> Iterator[Batch]:
+        """This process's batches of `epoch`, from step `start_step` on."""
+        ...
 
 
-def fit(
+def train_epochs(
     method: Method,
     optimizer: torch.optim.Optimizer,
-    loader: Loader,
-    test: Batches,
+    loader: TrainLoader,
+    test: EvalBatches,
     *,
     exe: Execution,
     plans: dict[str, list[float]],
@@ -104,14 +80,15 @@ def fit(
     dist: Dist = ALONE,
     progress: bool = True,
 ) -> list[dict]:
-    """Train from `start` to the end of epoch `epochs`; returns the full per-epoch history."""
+    """Train from `start` to the end of epoch `epochs`; returns the full per-epoch history.
+    `plans` holds each net's (optimizer group's) learning rate per epoch."""
     scaler = exe.make_scaler()
     history, first_epoch = start.history, start.epoch  # history grows, first_epoch stays
     with StopSignal() as stop:
         for epoch in range(first_epoch, epochs):
             warmup = epoch < warmup_epochs
             for group in optimizer.param_groups:
-                group["lr"] = plans[group["plan"]][epoch]
+                group["lr"] = plans[group["net"]][epoch]
             method.train()
             resumed = start if epoch == first_epoch and start.step > 0 else Position(history)
             if resumed.step:  # the epoch's resets already happened before the checkpoint
@@ -134,7 +111,7 @@ def fit(
             )
             history.append(row)
             if dist.is_main:
-                logger.info(_describe(row, epochs))
+                logger.info(method.describe(row, epochs))
             save(Position(history))
             if epoch + 1 < epochs and stop.agreed(dist, 0, exe.device):
                 raise PreemptedError(epoch + 1, 0)
@@ -145,7 +122,7 @@ def run_epoch(
     method: Method,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    loader: Loader,
+    loader: TrainLoader,
     exe: Execution,
     epoch: int,
 ) -> dict[str, Tensor]:
@@ -165,7 +142,7 @@ class _Epoch:
         method: Method,
         optimizer: torch.optim.Optimizer,
         scaler: torch.amp.GradScaler,
-        loader: Loader,
+        loader: TrainLoader,
         exe: Execution,
         dist: Dist,
         epoch: int,
@@ -219,7 +196,7 @@ class _Epoch:
                 self.sums[key] = self.sums.get(key, 0) + value.detach().float()
             self.sums["batches"] = self.sums.get("batches", 0) + 1
             if show and step % refresh == 0:
-                keys = ("loss", "train_acc_rtm", "train_acc", "selected_share")
+                keys = method.progress_figures
                 batches.set_postfix({k: f"{v.item():.3g}" for k, v in out.items() if k in keys})
             done = step + 1
             if done < len(self.loader):  # the epoch's end has its own checkpoint, in `fit`
@@ -265,75 +242,25 @@ class _Epoch:
 def _epoch_row(
     method: Method,
     sums: dict[str, Tensor],
-    test: Batches,
+    test: EvalBatches,
     is_clean: Tensor | None,
     optimizer: torch.optim.Optimizer,
     exe: Execution,
     epoch: int,
 ) -> dict:
-    sums = dict(sums)
-    warmup = method.warmup
-    batches = float(sums.pop("batches"))
-    means = {k: round(float(v) / batches, 6) for k, v in sums.items()}  # one sync per figure
-    lrs = {g["net"]: g["lr"] for g in optimizer.param_groups}
-    with exe.autocast():
+    """The method's metrics row for the epoch, from what the engine measured."""
+    figures = {key: float(value) for key, value in sums.items()}  # one sync per figure
+    batches = figures.pop("batches")
+    with exe.evaluation():
         accs = {name: accuracy(net, test) for name, net in method.eval_nets().items()}
-    selected = method.selected()
-    scores = dict.fromkeys(("precision", "recall", "f1", "fraction"))
-    if selected is not None and is_clean is not None:
-        scores = selection_scores(selected, is_clean)
-    elif selected is not None:  # real noise: the truth is unknown, the share is not
-        scores["fraction"] = float(selected.float().mean())
-    row = {
-        "epoch": epoch,
-        "phase": "warmup" if warmup else "robust",
-        "lr": lrs[method.reported_net],
-        "lr_ntm": lrs.get("ntm"),
-        "train_loss": means.pop("loss"),
-        "test_acc": accs[method.reported_net],
-        "test_acc_ntm": accs.get("ntm"),
-        "sel_precision": scores["precision"],
-        "sel_recall": scores["recall"],
-        "sel_f1": scores["f1"],
-        "sel_fraction": scores["fraction"],
-        "mining_fraction": means.pop("mining_on", None),
-        "empty_selection_batches": (
-            round(float(sums["empty_selection"])) if "empty_selection" in sums else None
-        ),
-    }
-    means.pop("empty_selection", None)
-    mined = getattr(method, "is_mined", None)
-    if mined is not None and is_clean is not None and not warmup:
-        mined_scores = selection_scores(mined, is_clean)
-        row.update(
-            mined_count=int(mined.sum()),
-            mined_precision=mined_scores["precision"],
-            mined_recall=mined_scores["recall"],
-        )
-    for name, acc in accs.items():  # a second net that is not an NTM (Co-teaching's net2)
-        if name not in (method.reported_net, "ntm"):
-            row[f"test_acc_{name}"] = acc
-    row.update(means)
-    return row
-
-
-def _describe(row: dict, epochs: int) -> str:
-    parts = [
-        f"epoch {row['epoch'] + 1}/{epochs} {row['phase']}",
-        f"lr {row['lr']:.3g}",
-        f"loss {row['train_loss']:.3f}",
-        f"test {row['test_acc']:.2f}%",
-    ]
-    if row["test_acc_ntm"] is not None:
-        parts.append(f"ntm {row['test_acc_ntm']:.2f}%")
-    if row["sel_precision"] is not None:
-        parts.append(
-            f"sel P/R {row['sel_precision']:.3f}/{row['sel_recall']:.3f} "
-            f"({100 * row['sel_fraction']:.1f}%)"
-        )
-    elif row["sel_fraction"] is not None:  # real noise: no truth to score against
-        parts.append(f"selected {100 * row['sel_fraction']:.1f}%")
-    if row["mining_fraction"] is not None:
-        parts.append(f"mining {100 * row['mining_fraction']:.0f}%")
-    parts.append(f"{row['epoch_seconds']:.1f}s")
-    return " | ".join(parts)
+    judgements = method.judgements().items()
+    results = EpochResults(
+        epoch=epoch,
+        sums=figures,
+        batches=int(batches),
+        lrs={group["net"]: group["lr"] for group in optimizer.param_groups},
+        test_acc=accs,
+        scores={name: score_judgement(mask, is_clean) for name, mask in judgements},
+        truth_known=is_clean is not None,
+    )
+    return method.epoch_row(results)

@@ -22,15 +22,24 @@ class Execution:
     precision: str
     """Resolved: fp32, bf16 or fp16."""
     channels_last: bool
+    eval_precision: str = "fp32"
+    """fp32, or `train` to evaluate under the training autocast."""
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
 
+    def evaluation(self) -> contextlib.AbstractContextManager:
+        """The precision of test accuracy and label scores: fp32 unless asked otherwise, so a
+        reported number does not depend on how training ran."""
+        if self.eval_precision == "train":
+            return self.autocast()
+        return contextlib.nullcontext()
+
     def make_scaler(self) -> torch.amp.GradScaler:
         # fp16 gradients can underflow without loss scaling (the official web/Food scripts
-        # autocast to fp16 without a scaler, act-spec A.3); bf16 and fp32 need none.
+        # autocast to fp16 without a scaler, the spec's A.3); bf16 and fp32 need none.
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     def memory_format(self) -> torch.memory_format:
@@ -44,4 +53,4 @@ def resolve_execution(train: TrainConfig, device: torch.device) -> Execution:
         raise UserError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise UserError("this GPU has no bf16 support; use train.precision=fp16 or fp32")
-    return Execution(device, precision, train.channels_last)
+    return Execution(device, precision, train.channels_last, train.eval_precision)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from asymco.files import write_atomic, write_text_atomic
 from asymco.errors import UserError
+from asymco.files import write_atomic, write_text_atomic
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,14 @@
-"""Method registry: `create_method(name, cfg, ...)`, `list_methods()`."""
+"""Method registry: `create_method(name, settings, ...)`, `list_methods()`.
+
+Each method is registered once, under one name, together with its settings class, so that
+`method.name=<name>` and `--set method.<key>=...` reach it.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from asymco.config import METHOD_SETTINGS
 from asymco.methods.act import ACT
 from asymco.methods.base import Method
 from asymco.methods.coteaching import CoTeaching
@@ -11,14 +18,24 @@ from asymco.methods.standard import Standard
 from asymco.registry import Registry
 
 METHODS = Registry("method")
-METHODS.register("act")(ACT)
-METHODS.register("standard")(Standard)
-METHODS.register("coteaching")(CoTeaching)
-METHODS.register("coteaching_plus")(CoTeachingPlus)
-METHODS.register("jocor")(JoCoR)
 
 
-def create_method(name: str, *args, **kwargs) -> Method:
+def register_method(name: str, method: type[Method]) -> None:
+    """Register `method` and its `Settings` under `name` (the settings' default name)."""
+    if method.Settings().name != name:
+        raise ValueError(f"{method.__name__}.Settings names itself {method.Settings().name!r}")
+    METHODS.register(name)(method)
+    METHOD_SETTINGS.register(name)(method.Settings)
+
+
+register_method("act", ACT)
+register_method("standard", Standard)
+register_method("coteaching", CoTeaching)
+register_method("coteaching_plus", CoTeachingPlus)
+register_method("jocor", JoCoR)
+
+
+def create_method(name: str, *args: Any, **kwargs: Any) -> Method:
     return METHODS.create(name, *args, **kwargs)
 
 
@@ -36,4 +53,5 @@ __all__ = [
     "Standard",
     "create_method",
     "list_methods",
+    "register_method",
 ]

@@ -16,14 +16,17 @@ add a consistency loss on the strong view towards EMA pseudo-labels (CR).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asymco.config import MethodConfig
-from asymco.data.loader import Batch
-from asymco.methods.base import Method
+from asymco.config import OptimConfig
+from asymco.errors import UserError
+from asymco.methods.base import Batch, LRPlan, Method, MethodSettings
+from asymco.methods.reporting import EpochResults
 from asymco.methods.selection import (
     confidence_penalty,
     historical_weights,
@@ -34,10 +37,62 @@ from asymco.methods.selection import (
 )
 
 
-class ACT(Method):
-    reported_net = "rtm"
+@dataclass(frozen=True, kw_only=True)
+class ACTSettings(MethodSettings):
+    name: str = "act"
+    tau: float = 0.025
+    """Memorization threshold: mining is on while (Acc_NTM - Acc_RTM) / Acc_RTM < tau."""
+    mining_gate: Literal["per_batch", "per_epoch", "latched"] = "per_batch"
+    """`per_batch` (official: re-decided on every batch), `per_epoch` (decided once per epoch
+    from the previous epoch's accuracies), `latched` (once closed, closed for good)."""
+    selection_variant: Literal["paper_main", "web"] = "paper_main"
+    """`paper_main`: Fig. 2 / main.py truth table; `web`: main_web.py, which also keeps samples
+    only the RTM fits."""
+    ema_momentum: float = 0.8
+    """q <- ema_momentum * q + (1 - ema_momentum) * softmax(z_RTM)."""
+    cr_weight: float = 0.2
+    """L_RTM = (1 - cr_weight) * L_sel + cr_weight * L_CR."""
+    conf_penalty_weight: float = 1.0
+    """Weight of the negative-entropy penalty on the RTM during warmup."""
+    conf_penalty_clamp_logits: bool = True
+    """Official behaviour: clamp the logits (not the probabilities) at 1e-12 before the softmax."""
+    use_ass: bool = True
+    """Table 4 switch: agreement-based selection. Off = the RTM trains on every sample."""
+    use_asm: bool = True
+    """Table 4 switch: discrepancy-based mining while the tau gate is open."""
+    use_dsrw: bool = True
+    """Table 4 switch: historical re-weighting w = c / (epoch + 1); off = weight 1."""
+    use_cr: bool = True
+    """Table 4 switch: the consistency term on the strong view (and the 1 - cr_weight factor)."""
+    ntm_lr_mode: Literal["same_as_rtm", "separate_cosine", "separate_step"] = "same_as_rtm"
+    """The NTM's LR plan (act-spec A.4). `same_as_rtm`: official CIFAR code (lr1 is
+    overwritten), the run's `optim` plan; `separate_cosine`: that plan rebuilt with `ntm_lr`
+    (paper: NTM lr 0.08); `separate_step`: `ntm_lr` x0.1 at 60/120/150, no warmup lr
+    (main_web.py). Also accepted as `optim.ntm_lr_mode`, its name before 0.2."""
+    ntm_lr: float = 0.08
+    """NTM learning rate in the separate modes (paper: 0.08); also `optim.ntm_lr`."""
 
-    cfg: MethodConfig
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for ok, key, message in (
+            (self.tau > 0, "tau", "must be positive"),
+            (0.0 <= self.ema_momentum < 1.0, "ema_momentum", "must be in [0, 1)"),
+            (0.0 <= self.cr_weight <= 1.0, "cr_weight", "must be in [0, 1]"),
+            (self.conf_penalty_weight >= 0, "conf_penalty_weight", "must be >= 0"),
+            (self.ntm_lr > 0, "ntm_lr", "must be positive"),
+        ):
+            if not ok:
+                raise UserError(f"method.{key} {message}")
+
+
+
+
+class ACT(Method):
+    Settings = ACTSettings
+    reported_net = "rtm"
+    progress_figures = ("loss", "train_acc_rtm", "selected_share")
+
+    settings: ACTSettings
 
     def setup(self, make_model: Callable[[], nn.Module], observed_labels: Tensor) -> None:
         self.add_net("rtm", make_model())  # two independent initialisations
@@ -53,11 +108,14 @@ class ACT(Method):
         self.register_buffer("epoch_hits", torch.zeros(3))  # rtm hits, ntm hits, samples
         self.register_buffer("last_epoch_hits", torch.zeros(3))
 
-    def param_groups(self) -> list[dict]:
-        return [
-            {"params": list(self.nets["rtm"].parameters()), "net": "rtm", "plan": "main"},
-            {"params": list(self.nets["ntm"].parameters()), "net": "ntm", "plan": "ntm"},
-        ]
+    def param_groups(self, optim: OptimConfig) -> list[dict]:
+        rtm, ntm = super().param_groups(optim)  # both on the run's plan: official main.py
+        s = self.settings
+        if s.ntm_lr_mode == "separate_cosine":
+            ntm["lr_plan"] = LRPlan(s.ntm_lr, s.ntm_lr, optim.lr_decay)
+        elif s.ntm_lr_mode == "separate_step":  # main_web.py: lr1, step plan, no warmup lr
+            ntm["lr_plan"] = LRPlan(s.ntm_lr, s.ntm_lr, "baseline")
+        return [rtm, ntm]
 
     def eval_nets(self) -> dict[str, nn.Module]:
         return {"rtm": self.nets["rtm"], "ntm": self.nets["ntm"]}
@@ -70,10 +128,10 @@ class ACT(Method):
         self.is_mined.zero_()
 
     def needs_strong_view(self) -> bool:
-        return not self.warmup and self.cfg.use_cr
+        return not self.warmup and self.settings.use_cr
 
     def _mining_gate(self, gap: Tensor, acc_rtm: Tensor) -> Tensor:
-        tau, mode = self.cfg.tau, self.cfg.mining_gate
+        tau, mode = self.settings.tau, self.settings.mining_gate
         if mode == "per_epoch":  # decided from the previous epoch's whole-epoch accuracies
             rtm, ntm, _ = self.last_epoch_hits
             return mining_open((ntm - rtm) / rtm.clamp_min(1e-12), rtm, tau)
@@ -119,8 +177,9 @@ class ACT(Method):
         share: Tensor,
         counts: Tensor,
     ) -> dict[str, Tensor]:
-        penalty = confidence_penalty(z_rtm, clamp_logits=self.cfg.conf_penalty_clamp_logits)
-        loss_rtm = self.per_sample_ce(z_rtm, label).mean() + self.cfg.conf_penalty_weight * penalty
+        s = self.settings
+        penalty = confidence_penalty(z_rtm, clamp_logits=s.conf_penalty_clamp_logits)
+        loss_rtm = self.per_sample_ce(z_rtm, label).mean() + s.conf_penalty_weight * penalty
         loss_rtm = loss_rtm * share
         self.select_count[index] += 1  # warmup counts as "selected" for every sample
         self.is_selected[index] = True
@@ -142,7 +201,7 @@ class ACT(Method):
         counts: Tensor,
         hits: tuple[Tensor, Tensor],
     ) -> dict[str, Tensor]:
-        cfg, index, label = self.cfg, batch.index, batch.label
+        cfg, index, label = self.settings, batch.index, batch.label
         rtm_hits, ntm_hits = hits  # this rank's samples; `counts` sums them over all ranks
         gap, acc_rtm = memorization_gap_of_counts(counts[0], counts[1], counts[2])
         mining = self._mining_gate(gap, acc_rtm)
@@ -189,3 +248,32 @@ class ACT(Method):
             "selected_share": n_chosen.float() / counts[2],
             "empty_selection": (n_chosen == 0).float(),
         }
+
+    # ------------------------------------------------------------------ what ACT reports
+
+    def judgements(self) -> dict[str, Tensor]:
+        return {"selected": self.is_selected, "mined": self.is_mined}
+
+    def epoch_figures(self, results: EpochResults, means: dict[str, float]) -> dict:
+        figures = super().epoch_figures(results, means)  # test_acc_ntm
+        figures.update(lr_ntm=results.lrs["ntm"], mining_fraction=means.pop("mining_on", None))
+        if results.truth_known and not self.warmup:  # how good the mined samples were
+            mined = results.scores["mined"]
+            figures.update(
+                mined_count=int(self.is_mined.sum()),
+                mined_precision=mined["precision"],
+                mined_recall=mined["recall"],
+            )
+        return figures
+
+    def net_words(self, row: dict) -> list[str]:
+        return [f"ntm {row['test_acc_ntm']:.2f}%"]
+
+    def selection_words(self, row: dict) -> list[str]:
+        words = super().selection_words(row)
+        if row["mining_fraction"] is not None:
+            words.append(f"mining {100 * row['mining_fraction']:.0f}%")
+        return words
+
+    def paper_number(self, preset: str, preset_number: float | None) -> float | None:
+        return preset_number

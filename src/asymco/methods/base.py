@@ -1,25 +1,53 @@
 """The engine <-> method seam.
 
-A method owns its networks, losses, per-sample state and selection; the engine owns devices,
-the optimizer and LR plans, backward/step, evaluation, checkpoints and logging. Per-sample state
-lives in module buffers, so `state_dict()` checkpoints it with the nets and `.to(device)` moves it.
+A method owns its networks, losses, per-sample state, selection, settings and the figures it
+reports; the engine owns devices, the optimizer and LR plans, backward/step, evaluation,
+checkpoints and logging, and asks the method for everything method-specific: its parameter
+groups and their LR plans, its per-epoch row and console words (`reporting.py`), the
+judgements to score against the truth (which the method itself never sees).
 
-Under torchrun each process sees only its share of every batch. A method that needs a figure of
-the whole global batch sums it with `self.dist.global_sum`; the engine keeps per-sample buffers
-identical across processes (`per_sample_buffers`).
+Per-sample state lives in module buffers, so `state_dict()` checkpoints it with the nets and
+`.to(device)` moves it. Under torchrun each process sees only its share of every batch; a method
+that needs a figure of the whole global batch sums it with `self.dist.global_sum`, and the
+engine keeps per-sample buffers identical across processes (`per_sample_buffers`).
+
+A new method is one file: a `Method` subclass with a `Settings` class, registered in
+`methods/__init__.py` (see docs/new-method.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asymco.config import MethodConfig
-from asymco.data.loader import Batch
-from asymco.engine.distributed import Dist
+from asymco.batch import Batch
+from asymco.config import MethodSettings, OptimConfig
+from asymco.lr_plan import LRPlan
+from asymco.methods.reporting import Reporting
+
+__all__ = ["Batch", "LRPlan", "Method", "MethodSettings", "Processes", "Views", "zero_touch"]
+
+
+class Processes(Protocol):
+    """What a method may ask of the other training processes (the engine's `Dist`)."""
+
+    @property
+    def world(self) -> int: ...
+
+    def global_sum(self, value: Tensor) -> Tensor:
+        """`value` summed over every process (itself when running alone)."""
+        ...
+
+
+class _Alone:
+    world = 1
+
+    def global_sum(self, value: Tensor) -> Tensor:
+        return value
 
 
 class Views(nn.Module):
@@ -37,29 +65,36 @@ class Views(nn.Module):
         return outs[0] if len(outs) == 1 else outs
 
 
-class Method(nn.Module):
-    """Base class. Subclasses fill `self.nets` and implement `training_step`."""
+class Method(Reporting, nn.Module):
+    """Base class. Subclasses set `Settings`, fill `self.nets` in `setup` and implement
+    `training_step`."""
 
-    reported_net: str = "net"
+    Settings: ClassVar[type[MethodSettings]] = MethodSettings
+    """This method's settings class (`--set method.<key>=...`)."""
+    reported_net: ClassVar[str] = "net"
     """The key of the net whose test accuracy is *the* result of a run."""
+    progress_figures: ClassVar[tuple[str, ...]] = ("loss",)
+    """Step figures the CPU progress bar shows."""
+    paper_numbers: ClassVar[Mapping[str, float]] = {}
+    """The ACT paper's number for this method, by preset (Tables 1-3), for the report."""
 
     def __init__(
         self,
-        cfg: MethodConfig,
+        settings: MethodSettings,
         *,
         num_classes: int,
         observed_labels: Tensor,
         make_model: Callable[[], nn.Module],
     ) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.settings = settings
         self.num_classes = num_classes
         self.num_samples = len(observed_labels)
         self.nets = nn.ModuleDict()
         # The callables training_step uses; the engine may wrap them (DDP, compile) without the
         # wrappers leaking into state_dict() keys.
         self.fwd: dict[str, nn.Module] = {}
-        self.dist = Dist()
+        self.dist: Processes = _Alone()
         self.epoch = 0
         self.warmup = False
         self.setup(make_model, observed_labels.long())
@@ -72,10 +107,12 @@ class Method(nn.Module):
         self.nets[name] = net
         self.fwd[name] = Views(net)
 
-    def param_groups(self) -> list[dict]:
-        """One optimizer group per net; `plan` names the LR plan ("main" or "ntm") it follows."""
+    def param_groups(self, optim: OptimConfig) -> list[dict]:
+        """One optimizer group per net: its parameters, its name (`net`) and the LR plan it
+        follows (`lr_plan`); by default every net follows the run's `optim` plan."""
+        plan = LRPlan(optim.lr, optim.warmup_lr, optim.lr_decay)
         return [
-            {"params": list(net.parameters()), "net": name, "plan": "main"}
+            {"params": list(net.parameters()), "net": name, "lr_plan": plan}
             for name, net in self.nets.items()
         ]
 
@@ -103,11 +140,10 @@ class Method(nn.Module):
         """Return a dict with the scalar "loss" to backpropagate and other figures to log.
 
         Values must stay device tensors (no `.item()`), so an epoch runs without host syncs.
+        An `empty_selection` figure (1.0 for a batch that selected nothing) is counted per
+        epoch in the `empty_selection_batches` column.
         """
         raise NotImplementedError
-
-    def on_epoch_end(self) -> dict[str, float]:
-        return {}
 
     def eval_nets(self) -> dict[str, nn.Module]:
         """Nets to evaluate on the test set, the reported one first."""
@@ -127,11 +163,18 @@ class Method(nn.Module):
         Selecting methods keep it in an `is_selected` buffer."""
         return getattr(self, "is_selected", None)
 
+    def judgements(self) -> dict[str, Tensor]:
+        """(N,) bool masks the engine scores against the clean mask each epoch (precision,
+        recall; the method never sees the truth): `selected` for the metrics' `sel_*`
+        columns, and any other mask a method wants scored (`EpochResults.scores`)."""
+        selected = self.selected()
+        return {} if selected is None else {"selected": selected}
+
     def per_sample_ce(self, logits: Tensor, target: Tensor) -> Tensor:
         """(B,) cross-entropy in float32 (logits may be bf16 under autocast), with the run's
         label smoothing."""
         return F.cross_entropy(
-            logits.float(), target, reduction="none", label_smoothing=self.cfg.label_smoothing
+            logits.float(), target, reduction="none", label_smoothing=self.settings.label_smoothing
         )
 
 

@@ -29,15 +29,17 @@ protocol. The schedule always runs on the absolute epoch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from asymco.config import MethodConfig
-from asymco.data.loader import Batch
+from asymco.config import NoiseConfig
 from asymco.errors import UserError
-from asymco.methods.base import Method
+from asymco.methods.base import Batch, Method, MethodSettings
 
 # ------------------------------------------------------------------------- pure functions
 
@@ -145,6 +147,48 @@ def coteaching_losses(
     return masked_mean(ce1, keep2), masked_mean(ce2, keep1), keep1
 
 
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmallLossSettings(MethodSettings):
+    """The forget-rate schedule Co-teaching, Co-teaching+ and JoCoR share."""
+
+    forget_rate: float | None = None
+    """tau: share of each batch dropped as large-loss once the schedule has ramped up. None =
+    the true noise rate (`noise.rate`), as those papers assume; a new run writes the value it
+    used to config.yaml."""
+    num_gradual: int = 10
+    """T_k: epochs over which the dropped share ramps up from 0."""
+    exponent: float = 1.0
+    """c: shape of the ramp, forget_rate * min((T / T_k)^c, 1)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.forget_rate is not None and not 0.0 <= self.forget_rate < 1.0:
+            raise UserError(f"method.forget_rate must be in [0, 1), got {self.forget_rate}")
+        if self.num_gradual < 0:
+            raise UserError("method.num_gradual must be >= 0")
+        if self.exponent <= 0:
+            raise UserError("method.exponent must be positive")
+
+    def resolved(self, noise: NoiseConfig) -> SmallLossSettings:
+        """The true noise rate as the forget rate, unless one is set."""
+        if self.forget_rate is not None:
+            return self
+        if noise.kind not in ("symmetric", "asymmetric"):
+            raise UserError(
+                f"method.name={self.name} needs method.forget_rate for {noise.kind} noise, "
+                "whose rate is not known in advance"
+            )
+        return dataclasses.replace(self, forget_rate=noise.rate)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoTeachingSettings(SmallLossSettings):
+    name: str = "coteaching"
+
+
 # ---------------------------------------------------------------------------- the methods
 
 
@@ -152,13 +196,14 @@ class SmallLossPair(Method):
     """Shared base of the two-net small-loss methods (Co-teaching, Co-teaching+, JoCoR).
 
     Builds "net1" (reported) and "net2", keeps the per-epoch selection and the selection counts
-    in buffers, reads the forget-rate schedule from the settings, and validates them.
+    in buffers, and reads the forget-rate schedule from the settings.
     Subclasses implement `training_step` and call `_record` with the selection to report.
     """
 
+    Settings = SmallLossSettings
     reported_net = "net1"
 
-    cfg: MethodConfig
+    settings: SmallLossSettings
 
     def setup(self, make_model: Callable[[], nn.Module], observed_labels: Tensor) -> None:
         self.add_net("net1", make_model())  # two independent initialisations: the nets must
@@ -167,26 +212,13 @@ class SmallLossPair(Method):
         # Buffers, so they checkpoint with the nets and follow .to(device).
         self.register_buffer("is_selected", torch.zeros(n, dtype=torch.bool))
         self.register_buffer("select_count", torch.zeros(n, dtype=torch.int32))
-        self._validate()
-
-    def _setting(self, name: str, default: object) -> object:
-        # getattr: the settings may be missing from an older MethodConfig.
-        return getattr(self.cfg, name, default)
-
-    def _validate(self) -> None:
-        tau = self.forget_rate
-        if not 0.0 <= tau < 1.0:
-            raise UserError(f"method.forget_rate must be in [0, 1), got {tau}")
-        if int(self._setting("num_gradual", 10)) < 0:
-            raise UserError("method.num_gradual must be >= 0")
-        if float(self._setting("exponent", 1.0)) <= 0:
-            raise UserError("method.exponent must be positive")
+        _ = self.forget_rate  # unresolved settings are refused before any training
 
     @property
     def forget_rate(self) -> float:
         """tau, the final forget rate; there is no default because the papers set it to the
         true noise rate, which only the run knows."""
-        tau = self._setting("forget_rate", None)
+        tau = self.settings.forget_rate
         if tau is None:
             raise UserError(
                 f"method.forget_rate is not set: {type(self).__name__} drops that share of every "
@@ -209,8 +241,8 @@ class SmallLossPair(Method):
         return forget_rate_at(
             self.epoch,
             self.forget_rate,
-            int(self._setting("num_gradual", 10)),
-            float(self._setting("exponent", 1.0)),
+            self.settings.num_gradual,
+            self.settings.exponent,
         )
 
     def on_epoch_start(self, epoch: int, *, warmup: bool) -> None:
@@ -244,6 +276,21 @@ class CoTeaching(SmallLossPair):
 
     `selected()` is net1's selection of the epoch, i.e. the samples net2 was trained on.
     """
+
+    Settings = CoTeachingSettings
+    # The ACT paper's Tables 1-3, as `Standard.paper_numbers`.
+    paper_numbers: ClassVar[Mapping[str, float]] = {
+        "cifar100n-sym20": 43.73,
+        "cifar100n-sym80": 15.15,
+        "cifar100n-asym40": 28.35,
+        "cifar80n-sym20": 60.38,
+        "cifar80n-sym80": 16.59,
+        "cifar80n-asym40": 42.42,
+        "web-aircraft": 79.54,
+        "web-bird": 76.68,
+        "web-car": 84.95,
+        "food101n": 61.91,
+    }
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         label = batch.label

@@ -21,6 +21,7 @@ code's `build_lr_plan` (E = epochs, W = warmup epochs):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from asymco.errors import UserError
 
@@ -132,3 +133,29 @@ def build_lr_plan(
         return plan
     warmup = min(max(0, warmup_epochs), epochs)
     return [warmup_lr] * warmup + plan[warmup:]
+
+
+@dataclass(frozen=True)
+class LRPlan:
+    """How one parameter group's learning rate moves: what a method asks the engine for.
+
+    The engine turns it into per-epoch values with `build_lr_plan` and the run's epochs and
+    warmup epochs.
+    """
+
+    lr: float
+    """The learning rate after warmup."""
+    warmup_lr: float
+    """The constant learning rate of the warmup epochs (never used by `baseline`)."""
+    decay: str
+    """An official `--lr-decay` string (module docstring)."""
+
+    def values(self, *, epochs: int, warmup_epochs: int) -> list[float]:
+        """The learning rate of each epoch 0..epochs-1."""
+        return build_lr_plan(
+            self.lr,
+            epochs=epochs,
+            warmup_epochs=warmup_epochs,
+            warmup_lr=self.warmup_lr,
+            decay=self.decay,
+        )

@@ -1,4 +1,5 @@
-"""A source with its noisy labels applied: what the engine trains and evaluates on.
+"""A run's data: the source's images with its noisy labels applied (`prepare_data`), what the
+engine trains and evaluates on. (The noise models themselves are `noise.py`.)
 
 Order matters for reproducing the protocol: the noise is drawn on the **full** training set in
 file order, then (optionally) a seeded subset is taken, then the test set is filtered to the
@@ -13,7 +14,7 @@ import numpy as np
 
 from asymco.config import DataConfig, NoiseConfig
 from asymco.data.cifarn import canonical_label_set, human_noisy_labels
-from asymco.data.datasets import find_labels_file
+from asymco.data.datasets import find_labels_file, load_dataset
 from asymco.data.noise import known_classes, make_noisy_labels
 from asymco.data.sources import Source
 from asymco.errors import UserError
@@ -46,6 +47,21 @@ class NoisyData:
     sample_id: np.ndarray | None = None
     """(N,) each sample's position in the full training set as the user gave it (the `index`
     of label_issues.csv)."""
+
+
+def prepare_data(data: DataConfig, noise: NoiseConfig, *, workers: int = 0) -> NoisyData:
+    """Load the dataset `data` names and apply `noise` (`workers` threads check image files)."""
+    return apply_noise(load_dataset(data, workers=workers), data, noise)
+
+
+def describe_data(data: NoisyData, noise: NoiseConfig) -> str:
+    """The `data:` line a run starts with."""
+    rate = "unknown" if data.noise_rate_actual is None else f"{data.noise_rate_actual:.5f}"
+    kind = noise.kind if noise.kind in ("none", "human") else f"{noise.kind}@{noise.rate:g}"
+    return (
+        f"data: {data.origin} | {len(data.noisy_label)} train / {len(data.test_label)} test "
+        f"images, {data.num_classes} classes, noise {kind} (actual rate {rate})"
+    )
 
 
 def apply_noise(source: Source, data: DataConfig, noise: NoiseConfig) -> NoisyData:

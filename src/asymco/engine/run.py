@@ -1,0 +1,205 @@
+"""One run, start to end, in the order it happens: seed, data, method and optimizer, loaders,
+where training starts (fresh or from the checkpoint), the epochs, then label_issues.csv and
+summary.json. `api.train` prepares the process and the run directory and calls `run_training`.
+
+Under torchrun every process runs this; rank 0 alone writes files (`Dist.on_main`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from asymco.config import RunConfig
+from asymco.config_io import to_dict
+from asymco.data.pipeline import make_pipeline, workers_for
+from asymco.data.prepare import NoisyData, describe_data, prepare_data
+from asymco.data.sharding import BatchPlan
+from asymco.engine.build import build_method, build_optimizer
+from asymco.engine.checkpoint import (
+    Position,
+    check_free_space,
+    checkpoint_state,
+    load_checkpoint,
+    remove_partial_writes,
+    restore,
+    save_checkpoint,
+)
+from asymco.engine.distributed import Dist, state_digest
+from asymco.engine.loop import train_epochs
+from asymco.engine.precision import Execution
+from asymco.engine.results import save_label_issues, summarize
+from asymco.engine.rundir import RunDir
+from asymco.engine.seeding import seed_everything
+from asymco.engine.tensorboard import ScalarLog
+from asymco.methods.base import Method
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Trained:
+    summary: dict
+    history: list[dict]
+    model: nn.Module
+    """The reported net, in eval mode."""
+
+
+def run_training(
+    run: RunDir, cfg: RunConfig, exe: Execution, dist: Dist, *, resume: bool, started: float
+) -> Trained:
+    """Train `cfg` into `run` (continuing its checkpoint with `resume`); `started` is the
+    `time.perf_counter()` the run's wall time counts from."""
+    _set_up_process(cfg, dist)
+    workers = workers_for(cfg.data)
+    data = prepare_data(cfg.data, cfg.noise, workers=workers)
+    method = build_method(cfg, data, exe, dist)
+    optimizer, plans = build_optimizer(method, cfg)
+    plan = BatchPlan(
+        len(data.noisy_label), cfg.data.batch_size, cfg.train.seed, rank=dist.rank, world=dist.world
+    )
+    pipe = make_pipeline(
+        cfg.data,
+        data,
+        plan=plan,
+        device=exe.device,
+        memory_format=exe.memory_format(),
+        workers=workers,
+    )
+    if dist.is_main:  # only once the data is known to fit the model and the processes
+        logger.info(describe_data(data, cfg.noise))
+    saver = _Saver(run, method, optimizer, dist, to_dict(cfg), len(data.noisy_label))
+    start = saver.restore() if resume else saver.first_files(data)
+    if cfg.log.tensorboard and dist.is_main:
+        saver.scalars = ScalarLog(run.path / "tensorboard")
+    history = train_epochs(
+        method,
+        optimizer,
+        pipe.loader,
+        pipe.test,
+        exe=exe,
+        plans=plans,
+        epochs=cfg.train.epochs,
+        warmup_epochs=cfg.train.warmup_epochs,
+        is_clean=None if data.is_clean is None else torch.from_numpy(data.is_clean),
+        start=start,
+        save=saver,
+        checkpoint_steps=cfg.train.checkpoint_steps,
+        dist=dist,
+        progress=cfg.train.progress,
+    )
+    saver.close()
+    digests = dist.gather(state_digest(method.per_sample_buffers()))
+
+    def finish() -> dict:
+        with exe.evaluation():
+            save_label_issues(
+                run.path / "label_issues.csv",
+                method,
+                data,
+                pipe.train_eval,
+                epochs=len(history),
+                warmup_epochs=cfg.train.warmup_epochs,
+            )
+        wall = time.perf_counter() - started
+        summary = summarize(
+            cfg, history, data, method, exe=exe, loader=pipe.kind, wall_seconds=wall
+        )
+        summary["distributed"] = {
+            "world_size": dist.world,
+            "backend": dist.backend,
+            "per_sample_state_sha256": digests,  # one per rank: equal when the ranks agree
+        }
+        run.write_summary(summary)
+        return summary
+
+    summary = dist.on_main(finish)
+    return Trained(summary, history, method.eval_nets()[method.reported_net].eval())
+
+
+def _set_up_process(cfg: RunConfig, dist: Dist) -> None:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)  # the same on every rank: the nets start identical
+    if cfg.train.warmup_epochs >= cfg.train.epochs and dist.is_main:
+        logger.warning(
+            "train.warmup_epochs (%d) >= train.epochs (%d): every epoch is warmup",
+            cfg.train.warmup_epochs,
+            cfg.train.epochs,
+        )
+
+
+class _Saver:
+    """The run's checkpoint and per-epoch files: where training starts, and every `Position`
+    the loop hands over saved (rank 0 writes; every rank contributes its RNG states and
+    figures)."""
+
+    def __init__(
+        self,
+        run: RunDir,
+        method: Method,
+        optimizer: torch.optim.Optimizer,
+        dist: Dist,
+        config: dict,
+        num_samples: int,
+    ) -> None:
+        self.run, self.method, self.optimizer, self.dist = run, method, optimizer, dist
+        self.config, self.num_samples = config, num_samples
+        self.scalars: ScalarLog | None = None
+
+    def first_files(self, data: NoisyData) -> Position:
+        """A new run: its configuration and noisy labels, once the disk is known to hold it."""
+
+        def write() -> None:
+            check_free_space(self.run.path, self.method, self.optimizer)
+            self.run.write_config(self.config)
+            self.run.write_array("noisy_labels.npy", data.noisy_labels_full)
+            if data.transition is not None:
+                self.run.write_array("noise_transition.npy", data.transition)
+
+        self.dist.on_main(write)
+        return Position([])
+
+    def restore(self) -> Position:
+        """A resumed run: its checkpoint, checked against this run, loaded into this process."""
+
+        def load() -> dict:
+            remove_partial_writes(self.run.checkpoint)
+            return load_checkpoint(
+                self.run.checkpoint, num_samples=self.num_samples, config=self.config
+            )
+
+        start = restore(self.dist.on_main(load), self.method, self.optimizer, self.dist)
+        if self.dist.is_main:
+            logger.info(
+                "resuming %s at epoch %d, step %d", self.run.path, start.epoch + 1, start.step
+            )
+        return start
+
+    def __call__(self, position: Position) -> None:
+        state = checkpoint_state(
+            position,
+            method=self.method,
+            optimizer=self.optimizer,
+            dist=self.dist,
+            config=self.config,
+            num_samples=self.num_samples,
+        )
+
+        def write() -> None:
+            at_epoch_end = position.step == 0
+            if self.scalars is not None and at_epoch_end:
+                self.scalars.write(position.history[-1])
+            save_checkpoint(self.run.checkpoint, **state)
+            if at_epoch_end:
+                self.run.write_metrics(position.history)
+
+        self.dist.on_main(write)
+
+    def close(self) -> None:
+        if self.scalars is not None:
+            self.scalars.close()
