@@ -120,6 +120,12 @@ def _sweep(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("asymco: sweep interrupted; run the same command to continue it", file=sys.stderr)
         return 130
+    except PreemptedError as stopped:  # SIGTERM: the runs in progress saved their checkpoints
+        print(
+            f"asymco: sweep {stopped} ({stopped.run_dir}); run the same command to continue it",
+            file=sys.stderr,
+        )
+        return EXIT_TERMINATED
     done = len(cells) - len(failed)
     print(
         f"sweep {args.out}: {done} of {len(cells)} runs complete; "

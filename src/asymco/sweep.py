@@ -1,24 +1,45 @@
-"""`asymco sweep`: a grid of presets x methods x seeds into one sweep directory.
+"""`asymco sweep`: a grid of presets x methods x seeds trained into one sweep directory.
 
 Each run lives in `<sweep>/<preset>/<method>/seed<k>`. A run whose summary.json exists is
 complete and skipped; one with a checkpoint but no summary was interrupted and is resumed. So an
 interrupted sweep continues where it stopped when the same command is run again.
+
+Runs are driven through the Python API (`asymco.api`), never through the command line: in this
+process one after another, or with `parallel` in that many worker processes that call the same
+function, each writing its output to `<sweep>/<preset>/<method>/seed<k>.log`. A run that fails
+is logged and counted, and the sweep goes on; Ctrl-C and SIGTERM stop the whole sweep (a run
+stopped by SIGTERM saves its checkpoint first).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import multiprocessing
 import os
-import subprocess
+import signal
 import sys
-import time
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from asymco.errors import UserError
+import torch
+
+from asymco import api
+from asymco.errors import PreemptedError, UserError
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from asymco.config import RunConfig
 
 logger = logging.getLogger(__name__)
+EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 130, 143  # a worker process's exit codes
 
 
 @dataclass(frozen=True)
@@ -27,18 +48,30 @@ class Cell:
     method: str
     seed: int
 
+    def __str__(self) -> str:
+        return f"{self.preset} / {self.method} / seed {self.seed}"
+
     def run_dir(self, root: Path) -> Path:
         return root / self.preset / self.method / f"seed{self.seed}"
 
-    def args(self, root: Path, overrides: list[str], data_dir: str | None) -> list[str]:
-        """`asymco` arguments that start this run, or resume it if it was interrupted."""
-        out = self.run_dir(root)
-        if (out / "checkpoint.pt").is_file():
-            return ["train", "--resume", "--out", str(out)]
+    def resumes(self, root: Path) -> bool:
+        """Whether this run was interrupted (it left a checkpoint) and continues from it."""
+        return (self.run_dir(root) / "checkpoint.pt").is_file()
+
+    def config(self, root: Path, overrides: list[str], data_dir: str | None) -> RunConfig:
+        """What this cell trains: an interrupted run's saved configuration, or else the preset
+        with the cell's method and seed and then the sweep's overrides."""
+        if self.resumes(root):
+            return api.load_run_config(self.run_dir(root))
         settings = [f"method.name={self.method}", f"train.seed={self.seed}", *overrides]
-        args = ["train", "--preset", self.preset, "--out", str(out)]
-        args += [arg for item in settings for arg in ("--set", item)]
-        return args + (["--data-dir", data_dir] if data_dir else [])
+        return api.resolve_config(self.preset, settings, data_dir=data_dir)
+
+    def train(self, root: Path, overrides: list[str], data_dir: str | None) -> api.RunResult:
+        """Train this run in this process, or resume it."""
+        resume = self.resumes(root)
+        cfg = self.config(root, overrides, data_dir)
+        self.run_dir(root).parent.mkdir(parents=True, exist_ok=True)
+        return api.train(cfg, out_dir=self.run_dir(root), resume=resume)
 
 
 def plan(presets: list[str], methods: list[str], seeds: list[int]) -> list[Cell]:
@@ -56,7 +89,9 @@ def run_sweep(
     cells: list[Cell], root: Path, *, overrides: list[str], data_dir: str | None, parallel: int = 1
 ) -> list[Cell]:
     """Run every incomplete cell (in this process one after another, or `parallel` worker
-    processes at a time). Returns the cells that failed."""
+    processes at a time). Returns the cells that failed.
+
+    KeyboardInterrupt and PreemptedError (SIGTERM) stop the sweep and propagate."""
     todo = [c for c in cells if not (c.run_dir(root) / "summary.json").is_file()]
     logger.info(
         "sweep %s: %d runs, %d complete, %d to run",
@@ -65,51 +100,182 @@ def run_sweep(
         len(cells) - len(todo),
         len(todo),
     )
-    if parallel <= 1:
-        from asymco.cli import main
+    if parallel > 1:
+        return _run_processes(todo, root, overrides, data_dir, parallel)
+    failed = []
+    for i, cell in enumerate(todo, 1):
+        logger.info("[%d/%d] %s", i, len(todo), cell)
+        if not run_cell(cell, root, overrides, data_dir):
+            failed.append(cell)
+    return failed
 
-        failed = []
-        for i, cell in enumerate(todo, 1):
-            logger.info("[%d/%d] %s / %s / seed %d", i, len(todo), *vars(cell).values())
-            (cell.run_dir(root)).parent.mkdir(parents=True, exist_ok=True)
-            status = main(cell.args(root, overrides, data_dir))
-            if status == 130:  # Ctrl-C: stop the sweep; the same command resumes it
-                raise KeyboardInterrupt
-            if status != 0:
-                failed.append(cell)
-        return failed
-    return _run_processes(todo, root, overrides, data_dir, parallel)
+
+def run_cell(cell: Cell, root: Path, overrides: list[str], data_dir: str | None) -> bool:
+    """Train one cell in this process and log how it ended; False if it failed.
+
+    A failed run is one line in the log and the sweep goes on; KeyboardInterrupt and
+    PreemptedError propagate, as they stop the sweep."""
+    try:
+        result = cell.train(root, overrides, data_dir)
+    except PreemptedError:
+        raise
+    except UserError as err:
+        logger.error("%s: %s", cell, _one_line(err))
+        return False
+    except Exception as err:  # a crash in one run must not lose the others
+        logger.error("%s: %s: %s", cell, type(err).__name__, _one_line(err))
+        return False
+    logger.info(describe(result.summary, result.run_dir))
+    return True
+
+
+def describe(summary: dict, run_dir: Path) -> str:
+    """A finished run in one line, as `asymco train` prints it."""
+    s = summary
+    paper = f" (paper: {s['paper_test_acc']:.2f})" if s["paper_test_acc"] is not None else ""
+    return (
+        f"{s['preset']} / {s['method']}: last-10 test accuracy "
+        f"{s['test_acc_last10_mean']:.2f} ± {s['test_acc_last10_std']:.2f}{paper}, "
+        f"best {s['test_acc_best']:.2f} at epoch {s['best_epoch']}, "
+        f"{s['wall_seconds']:.0f}s -> {run_dir}"
+    )
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).splitlines())
+
+
+class SweepPreemptedError(PreemptedError):
+    """SIGTERM reached a parallel sweep: it stopped its worker processes, whose runs saved their
+    checkpoints, and stops too."""
+
+    def __init__(self, root: Path) -> None:
+        Exception.__init__(self, "stopped by SIGTERM; the runs in progress saved checkpoints")
+        self.epoch = self.step = None
+        self.run_dir = root
 
 
 def _run_processes(
     todo: list[Cell], root: Path, overrides: list[str], data_dir: str | None, parallel: int
 ) -> list[Cell]:
     # Split the cores between the processes so their thread pools do not oversubscribe them.
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallel))}
-    running: dict[subprocess.Popen, Cell] = {}
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    context = multiprocessing.get_context("spawn")
+    overrides = [*overrides, "train.progress=false"]
+    running: dict[BaseProcess, Cell] = {}
     failed, queue = [], list(todo)
-    while queue or running:
-        while queue and len(running) < parallel:
-            cell = queue.pop(0)
-            out = cell.run_dir(root)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            log = (out.parent / f"seed{cell.seed}.log").open("w")
-            args = cell.args(root, [*overrides, "train.progress=false"], data_dir)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "asymco", *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-            running[proc] = cell
-        time.sleep(0.5)
-        for proc in [p for p in running if p.poll() is not None]:
-            cell = running.pop(proc)
-            status = "done" if proc.returncode == 0 else f"failed ({proc.returncode})"
-            logger.info("%s / %s / seed %d: %s", *vars(cell).values(), status)
-            if proc.returncode != 0:
-                failed.append(cell)
+    with _environment(OMP_NUM_THREADS=str(threads)), _sigterm_raises(root):
+        try:
+            while queue or running:
+                while queue and len(running) < parallel:
+                    cell = queue.pop(0)
+                    cell.run_dir(root).parent.mkdir(parents=True, exist_ok=True)
+                    args = (cell, str(root), overrides, data_dir, threads)
+                    proc = context.Process(target=_worker, args=args, name=str(cell))
+                    proc.start()
+                    running[proc] = cell
+                wait([proc.sentinel for proc in running])
+                for proc in [p for p in running if p.exitcode is not None]:
+                    cell = running.pop(proc)
+                    if proc.exitcode == 0:
+                        logger.info("%s: done", cell)
+                        _log_summary(cell.run_dir(root))
+                    else:
+                        logger.error(
+                            "%s: failed (exit code %s; see %s)",
+                            cell,
+                            proc.exitcode,
+                            _log_file(cell, root),
+                        )
+                        failed.append(cell)
+        except BaseException:  # Ctrl-C or SIGTERM: the runs in progress stop too
+            _stop(list(running))
+            raise
     return failed
+
+
+def _worker(
+    cell: Cell, root: str, overrides: list[str], data_dir: str | None, threads: int
+) -> None:
+    """A worker process: train one cell with its output in the cell's .log file."""
+    fd = os.open(_log_file(cell, Path(root)), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    torch.set_num_threads(threads)
+    status = 0
+    try:
+        status = 0 if run_cell(cell, Path(root), overrides, data_dir) else EXIT_FAILED
+    except KeyboardInterrupt:
+        logger.error("%s: interrupted", cell)
+        status = EXIT_INTERRUPTED
+    except PreemptedError as stopped:
+        logger.error("%s: %s", cell, stopped)
+        status = EXIT_TERMINATED
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    sys.exit(status)
+
+
+def _log_file(cell: Cell, root: Path) -> Path:
+    return cell.run_dir(root).parent / f"seed{cell.seed}.log"
+
+
+def _log_summary(run_dir: Path) -> None:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        logger.info(describe(summary, run_dir))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        logger.warning("cannot read %s (%s)", run_dir / "summary.json", err)
+
+
+def _stop(procs: list[BaseProcess]) -> None:
+    """SIGTERM each worker (a run in training saves its checkpoint and ends), then wait for
+    them; a second Ctrl-C stops the waiting and kills them."""
+    for proc in procs:
+        proc.terminate()
+    try:
+        for proc in procs:
+            proc.join()
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """These environment variables set while worker processes start (they inherit them)."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def _sigterm_raises(root: Path) -> Iterator[None]:
+    """SIGTERM raises SweepPreemptedError (main thread only), so the workers are stopped, not left
+    running without this process."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SweepPreemptedError(root)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_parallel(parallel: int) -> None:
