@@ -252,7 +252,8 @@ _UNDER_API = (
 
 # The first group whose members match a module is its group.
 GROUPS: dict[str, Group] = {
-    # Leaves everyone may use: errors, the registry, atomic files, the batch type, image ops.
+    # Leaves everyone may use: errors, the registry, atomic files, the batch type, the LR-plan
+    # grammar, image ops.
     "foundation": Group(
         (
             "asymco._version",
@@ -260,6 +261,7 @@ GROUPS: dict[str, Group] = {
             "asymco.registry",
             "asymco.files",
             "asymco.batch",
+            "asymco.lr_plan",
             "asymco.augment",
             "asymco.autoaugment",
             "asymco.randaugment",
@@ -581,7 +583,7 @@ METHOD_BASE = "Method"  # the root of every method class, defined in methods/bas
 SETTINGS = "Settings"  # the name of a method's own settings class
 # Whether a Settings defined on METHOD_BASE itself satisfies a subclass. False would demand that
 # every method (or its family base, such as SmallLossPair) declares its own.
-BASE_SETTINGS_COUNT = True
+BASE_SETTINGS_COUNT = False  # Method.Settings is the bare base: every method names its own
 
 
 def _method_classes() -> dict[str, tuple[SourceModule, ast.ClassDef]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,9 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from asymco.config import MethodConfig
-from asymco.data.loader import Batch
+from asymco.batch import Batch
+from asymco.config import OptimConfig
 from asymco.errors import UserError
+from asymco.lr_plan import LRPlan
 from asymco.methods.coteaching import (
     CoTeaching,
     forget_rate_at,
@@ -35,23 +35,16 @@ K = 3
 METHODS = [CoTeaching, CoTeachingPlus, JoCoR]
 
 
-def make_cfg(**settings: object) -> MethodConfig | SimpleNamespace:
-    """A MethodConfig with `settings`; a stand-in with the same fields plus the new ones while
-    MethodConfig does not have them yet (forget_rate, num_gradual, exponent, ...)."""
-    names = {f.name for f in dataclasses.fields(MethodConfig)}
-    if set(settings) <= names:
-        return MethodConfig(**settings)
-    values = dataclasses.asdict(MethodConfig())
-    values.update(settings)
-    return SimpleNamespace(**values)
-
-
 def make_method(cls: type, labels: Tensor, make_model=None, seed: int = 0, **settings: object):
+    """`cls` with `settings`; keys only some of the methods have (init_epoch, co_lambda) are
+    dropped for the others, so one parametrized test can pass them to all three."""
     settings.setdefault("forget_rate", 0.5)
+    own = {f.name for f in dataclasses.fields(cls.Settings)}
+    settings = {key: value for key, value in settings.items() if key in own}
     torch.manual_seed(seed)
     n = len(labels)
     return cls(
-        make_cfg(**settings),
+        cls.Settings(**settings),
         num_classes=K,
         observed_labels=labels,
         make_model=make_model or (lambda: nn.Linear(n, K, bias=False)),
@@ -345,8 +338,12 @@ def test_training_step_smoke(cls):
     method = make_method(cls, labels, tiny_model, forget_rate=0.3, init_epoch=1)
     assert method.reported_net == "net1"
     assert list(method.eval_nets()) == ["net1", "net2"]
-    groups = method.param_groups()
-    assert [(g["net"], g["plan"]) for g in groups] == [("net1", "main"), ("net2", "main")]
+    optim = OptimConfig(lr=0.1, warmup_lr=0.2, lr_decay="constant")
+    groups = method.param_groups(optim)  # both nets on the run's plan
+    assert [(g["net"], g["lr_plan"]) for g in groups] == [
+        ("net1", LRPlan(0.1, 0.2, "constant")),
+        ("net2", LRPlan(0.1, 0.2, "constant")),
+    ]
     for epoch in (0, 12):
         method.on_epoch_start(epoch, warmup=False)
         method.zero_grad(set_to_none=True)

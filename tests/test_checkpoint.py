@@ -19,6 +19,7 @@ import torch
 
 from asymco import api
 from asymco.cli import main
+from asymco.engine import checkpoint
 from asymco.methods.act import ACT
 
 SETTINGS = ["train.epochs=2", "train.warmup_epochs=1", "train.progress=false",
@@ -164,7 +165,7 @@ def test_disk_too_small_fails_before_training(tmp_path, monkeypatch, capsys):
     class Usage:
         total, used, free = 10 * 2**20, 9 * 2**20, 2**20
 
-    monkeypatch.setattr(api.shutil, "disk_usage", lambda path: Usage)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: Usage)
     out = tmp_path / "run"
     assert main(["train", "--preset", "quickstart", "--set", "train.progress=false",
                  "--out", str(out)]) == 2

@@ -18,14 +18,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 from asymco import api
-from asymco.config import MethodConfig
-from asymco.data.loader import ArrayLoader, Batch, normalizer_for
+from asymco.batch import Batch
+from asymco.data.loader import ArrayLoader, normalizer_for
 from asymco.data.pil_loader import PilLoader
 from asymco.data.sharding import MIN_PER_RANK, BatchPlan
 from asymco.engine.checkpoint import load_checkpoint
 from asymco.engine.distributed import Dist, sync_rows
 from asymco.errors import UserError
-from asymco.methods.act import ACT
+from asymco.methods.act import ACT, ACTSettings
 
 CPU = torch.device("cpu")
 
@@ -101,7 +101,7 @@ K, N, FEATURES = 4, 16, 12
 
 def _act(labels: torch.Tensor) -> ACT:
     torch.manual_seed(0)  # the same two initialisations in every process
-    return ACT(MethodConfig(use_cr=False), num_classes=K, observed_labels=labels,
+    return ACT(ACTSettings(use_cr=False), num_classes=K, observed_labels=labels,
                make_model=lambda: nn.Sequential(nn.Flatten(), nn.Linear(FEATURES, K)))
 
 

@@ -12,7 +12,8 @@ import torchvision.transforms.functional as TF
 
 from asymco import api
 from asymco.augment import random_crop, random_flip
-from asymco.config import TrainConfig, to_dict
+from asymco.config import TrainConfig
+from asymco.config_io import to_dict
 from asymco.data.loader import ArrayLoader, normalizer_for
 from asymco.data.pil_loader import PilLoader
 from asymco.data.sharding import BatchPlan

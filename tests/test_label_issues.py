@@ -22,7 +22,7 @@ GIVEN = np.array([0, 0, 1, 1])
 
 
 def test_score_combines_selection_share_and_given_label_probability():
-    q = label_quality(GIVEN, PROBS, selected_epochs=np.array([4, 0, 2, 4]), robust_epochs=4,
+    q = label_quality(GIVEN, PROBS, selected_epochs=np.array([4, 0, 2, 4]), epochs_after_warmup=4,
                       last_selected=np.array([True, False, False, True]))
     np.testing.assert_allclose(q["selected_share"], [1.0, 0.0, 0.5, 1.0])
     np.testing.assert_allclose(q["given_label_prob"], [0.9, 0.2, 0.4, 0.5])
@@ -49,7 +49,7 @@ def test_bad_shapes_are_refused():
 
 
 def test_csv_rows_sorted_with_class_names_and_cli_prints_them(tmp_path, capsys):
-    q = label_quality(GIVEN, PROBS, selected_epochs=np.array([4, 0, 2, 4]), robust_epochs=4,
+    q = label_quality(GIVEN, PROBS, selected_epochs=np.array([4, 0, 2, 4]), epochs_after_warmup=4,
                       last_selected=np.array([True, False, False, True]))
     write_label_issues(tmp_path / "label_issues.csv", q, given_labels=GIVEN,
                        classes=["cat", "dog"], selected_epochs=np.array([4, 0, 2, 4]),

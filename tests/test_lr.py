@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from asymco.engine.lr import build_lr_plan, parse_decay
 from asymco.errors import UserError
+from asymco.lr_plan import build_lr_plan, parse_decay
 
 # (lr, W, warmup_lr, decay, E, cosine_start, cosine_stop, {epoch: value}, first value, last value)
 TABLE = {

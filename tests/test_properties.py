@@ -15,13 +15,8 @@ import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from asymco.config import (
-    SECTIONS,
-    RunConfig,
-    apply_overrides,
-    from_dict,
-    to_dict,
-)
+from asymco.config import SECTIONS, RunConfig
+from asymco.config_io import apply_overrides, from_dict, to_dict
 from asymco.data.noise import (
     draw_noisy_labels,
     known_classes,

@@ -10,7 +10,7 @@ import pytest
 
 from asymco import api
 from asymco.cli import main
-from asymco.data.noisy import apply_noise
+from asymco.data.prepare import apply_noise
 from asymco.data.sources import load_source
 from asymco.label_issues import read_label_issues
 

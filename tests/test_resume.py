@@ -207,6 +207,7 @@ def test_mid_epoch_resume_is_exact_for_every_loader(tmp_path, monkeypatch, loade
     """In-process: a run stopped right after a mid-epoch checkpoint and resumed equals an
     uninterrupted one, whichever loader feeds it (per-image pipelines in worker processes too)."""
     from asymco import api
+    from asymco.engine import run
 
     common = ["train.epochs=2", "train.warmup_epochs=1", "train.progress=false",
               "train.checkpoint_steps=3", "data.workers=2"]
@@ -217,17 +218,17 @@ def test_mid_epoch_resume_is_exact_for_every_loader(tmp_path, monkeypatch, loade
         cfg = api.resolve_config("quickstart", [*common, f"data.loader={loader}",
                                                 "data.subset=400"])
     api.train(cfg, out_dir=tmp_path / "full")
-    original = api.save_checkpoint
+    original = run.save_checkpoint
 
     def stop_mid_epoch_1(path, **state):
         original(path, **state)
         if len(state["history"]) == 1 and state["step"] == 3:
             raise _StopError
 
-    monkeypatch.setattr(api, "save_checkpoint", stop_mid_epoch_1)
+    monkeypatch.setattr(run, "save_checkpoint", stop_mid_epoch_1)
     with pytest.raises(_StopError):
         api.train(cfg, out_dir=tmp_path / "cut")
-    monkeypatch.setattr(api, "save_checkpoint", original)
+    monkeypatch.setattr(run, "save_checkpoint", original)
     api.train(api.load_run_config(tmp_path / "cut"), out_dir=tmp_path / "cut", resume=True)
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
     for name in ("label_issues.csv", "noisy_labels.npy"):

@@ -4,9 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asymco.config import MethodConfig
-from asymco.data.loader import Batch
-from asymco.methods.act import ACT
+from asymco.batch import Batch
+from asymco.methods.act import ACT, ACTSettings
 from asymco.methods.selection import (
     confidence_penalty,
     historical_weights,
@@ -226,7 +225,7 @@ def tiny_model():
 
 def make_act(labels, cfg=None, seed=0):
     torch.manual_seed(seed)
-    return ACT(cfg or MethodConfig(), num_classes=K, observed_labels=labels,
+    return ACT(cfg or ACTSettings(), num_classes=K, observed_labels=labels,
                make_model=tiny_model)
 
 
@@ -283,7 +282,7 @@ def test_empty_selection_guard(rtm_class, use_cr):
     """No sample selected: finite loss, L_sel contributes exactly 0, every RTM param gets a grad."""
     n = 8
     labels = torch.zeros(n, dtype=torch.long)
-    act = make_act(labels, MethodConfig(use_cr=use_cr))
+    act = make_act(labels, ACTSettings(use_cr=use_cr))
     force_class(act.nets["rtm"], rtm_class, strength=3.0)
     force_class(act.nets["ntm"], 1, strength=3.0)  # NTM wrong on every sample
     batch = make_batch(torch.arange(n), labels)
@@ -313,7 +312,7 @@ def test_empty_selection_guard(rtm_class, use_cr):
 def test_selected_loss_is_weighted_mean_over_selection():
     """L_sel = (1/|S|) sum_S w_i CE_i with w = c / (e + 1) counting the current selection."""
     labels = torch.tensor([1, 1, 1, 0, 0, 0])
-    act = make_act(labels, MethodConfig(use_cr=False))
+    act = make_act(labels, ACTSettings(use_cr=False))
     force_class(act.nets["rtm"], 1, strength=1.0)
     force_class(act.nets["ntm"], 1, strength=1.0)
     act.select_count.copy_(torch.tensor([4, 2, 0, 3, 3, 3], dtype=torch.int32))
@@ -334,7 +333,7 @@ def test_selected_loss_is_weighted_mean_over_selection():
 def test_act_uses_configured_variant(variant, want):
     """RTM right, NTM wrong everywhere: paper_main selects nobody, web selects everybody."""
     labels = torch.zeros(4, dtype=torch.long)
-    act = make_act(labels, MethodConfig(selection_variant=variant))
+    act = make_act(labels, ACTSettings(selection_variant=variant))
     force_class(act.nets["rtm"], 0)
     force_class(act.nets["ntm"], 1)
     act.on_epoch_start(0, warmup=False)

@@ -17,7 +17,7 @@ from torchvision import datasets as tv_datasets
 
 from asymco.config import DataConfig, NoiseConfig
 from asymco.data.noise import make_noisy_labels
-from asymco.data.noisy import apply_noise
+from asymco.data.prepare import apply_noise
 from asymco.data.sources import Source, cifar_class_names, default_root, load_source
 from asymco.errors import UserError
 

@@ -151,11 +151,27 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per function above."""
     parser = _Parser(
         prog="asymco", description="Learning with noisy labels by Asymmetric Co-Training (ACT)."
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    train = sub.add_parser("train", help="train a preset into a run directory")
+    _add_train(sub.add_parser("train", help="train a preset into a run directory"))
+    _add_sweep(sub.add_parser("sweep", help="run presets x methods x seeds into one directory"))
+    report = sub.add_parser("report", help="tables and plots of run or sweep directories")
+    report.add_argument("dirs", nargs="+", help="run directories, or folders holding them")
+    report.add_argument("--out", help="where report.md/.html go (default: <first dir>/report)")
+    report.set_defaults(func=_report)
+    issues = sub.add_parser("issues", help="print the most suspect labels of a run")
+    issues.add_argument("run_dir", help="a run directory holding label_issues.csv")
+    issues.add_argument("--top", type=int, default=20, help="how many rows (default 20)")
+    issues.set_defaults(func=_issues)
+    presets = sub.add_parser("presets", help="list the presets, one line each")
+    presets.set_defaults(func=_presets)
+    return parser
+
+
+def _add_train(train: argparse.ArgumentParser) -> None:
     train.add_argument("--preset", help="a name from `asymco presets`")
     train.add_argument(
         "--set",
@@ -182,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     train.set_defaults(func=_train)
-    sweep = sub.add_parser("sweep", help="run presets x methods x seeds into one directory")
+
+
+def _add_sweep(sweep: argparse.ArgumentParser) -> None:
     sweep.add_argument("--presets", nargs="+", required=True, metavar="PRESET")
     sweep.add_argument("--methods", nargs="+", default=["act"], metavar="METHOD")
     sweep.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], metavar="SEED")
@@ -202,17 +220,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs at a time, as separate processes (default 1: in this process)",
     )
     sweep.set_defaults(func=_sweep)
-    report = sub.add_parser("report", help="tables and plots of run or sweep directories")
-    report.add_argument("dirs", nargs="+", help="run directories, or folders holding them")
-    report.add_argument("--out", help="where report.md/.html go (default: <first dir>/report)")
-    report.set_defaults(func=_report)
-    issues = sub.add_parser("issues", help="print the most suspect labels of a run")
-    issues.add_argument("run_dir", help="a run directory holding label_issues.csv")
-    issues.add_argument("--top", type=int, default=20, help="how many rows (default 20)")
-    issues.set_defaults(func=_issues)
-    presets = sub.add_parser("presets", help="list the presets, one line each")
-    presets.set_defaults(func=_presets)
-    return parser
 
 
 def _is_main_process() -> bool:

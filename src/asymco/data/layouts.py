@@ -250,6 +250,28 @@ def csv_dataset(csv_file: Path) -> FolderSplit:
             or lists image files that do not exist.
     """
     csv_file = Path(csv_file)
+    rows, at_path, at_label = _csv_rows(csv_file)
+    names, paths = [], []
+    for line, row in enumerate(rows, start=2):
+        if (
+            len(row) <= max(at_path, at_label)
+            or not row[at_path].strip()
+            or not row[at_label].strip()
+        ):
+            raise UserError(f"row {line} of {csv_file} lacks a path or a label; fill in both")
+        names.append(row[at_label].strip())
+        paths.append(os.path.abspath(csv_file.parent / row[at_path].strip()))
+    _require_files(
+        paths,
+        f"{{n}} of the {len(paths)} image file(s) in {csv_file} do not exist "
+        f"(relative paths start at {csv_file.parent.resolve()})",
+    )
+    labels, classes = _csv_labels(names, csv_file)
+    return FolderSplit(np.array(paths, dtype=np.str_), labels, classes)
+
+
+def _csv_rows(csv_file: Path) -> tuple[list[list[str]], int, int]:
+    """The non-empty data rows of a `path,label` CSV and the two columns' positions."""
     if not csv_file.is_file():
         raise UserError(f"CSV file {csv_file} does not exist; check the path")
     try:
@@ -272,25 +294,15 @@ def csv_dataset(csv_file: Path) -> FolderSplit:
             f"CSV file {csv_file} has columns {rows[0]} but needs a header with "
             "columns path and label"
         )
-    at_path, at_label = header.index("path"), header.index("label")
-    rows = [r for r in rows[1:] if any(cell.strip() for cell in r)]
-    if not rows:
+    data = [r for r in rows[1:] if any(cell.strip() for cell in r)]
+    if not data:
         raise UserError(f"CSV file {csv_file} has a header but no rows; add one row per image")
-    names, paths = [], []
-    for line, row in enumerate(rows, start=2):
-        if (
-            len(row) <= max(at_path, at_label)
-            or not row[at_path].strip()
-            or not row[at_label].strip()
-        ):
-            raise UserError(f"row {line} of {csv_file} lacks a path or a label; fill in both")
-        names.append(row[at_label].strip())
-        paths.append(os.path.abspath(csv_file.parent / row[at_path].strip()))
-    _require_files(
-        paths,
-        f"{{n}} of the {len(paths)} image file(s) in {csv_file} do not exist "
-        f"(relative paths start at {csv_file.parent.resolve()})",
-    )
+    return data, header.index("path"), header.index("label")
+
+
+def _csv_labels(names: list[str], csv_file: Path) -> tuple[np.ndarray, list[str]]:
+    """Class ids and class names from the label column: integer ids kept as they are (classes
+    "0" .. str(max id)), else the sorted unique names."""
     if all(re.fullmatch(r"[+-]?\d+", n) for n in names):
         if any(n.startswith("-") and n.strip("-0") for n in names):
             raise UserError(
@@ -304,9 +316,7 @@ def csv_dataset(csv_file: Path) -> FolderSplit:
                 f"{MAX_CLASSES - 1}; number the classes 0, 1, ... or use class names"
             )
         labels = np.array([int(n) for n in names], dtype=np.int64)
-        classes = [str(i) for i in range(int(labels.max()) + 1)]
-    else:
-        classes = sorted(set(names))
-        index = {c: i for i, c in enumerate(classes)}
-        labels = np.array([index[n] for n in names], dtype=np.int64)
-    return FolderSplit(np.array(paths, dtype=np.str_), labels, classes)
+        return labels, [str(i) for i in range(int(labels.max()) + 1)]
+    classes = sorted(set(names))
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[n] for n in names], dtype=np.int64), classes

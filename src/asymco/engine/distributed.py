@@ -8,7 +8,7 @@ CPUs). What DDP does not cover is done here:
   exactly one rank per epoch, so each rank updates only its own rows; `sync_rows` then gives
   every rank every rank's rows (an all-reduce of the owners' values), at epoch ends and before a
   mid-epoch checkpoint;
-- figures that must describe the global batch (the memorization metric, selection counts) are
+- figures that must describe the global batch (a method's hit or selection counts) are
   summed over ranks with `global_sum` inside the training step;
 - only rank 0 writes files and prints; `on_main` runs such work there and hands its result, or
   its error, to every rank, so a failure on rank 0 never leaves the others waiting.

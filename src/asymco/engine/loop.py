@@ -32,8 +32,7 @@ from asymco.engine.evaluate import accuracy, score_judgement
 from asymco.engine.precision import Execution
 from asymco.engine.stop import StopSignal
 from asymco.errors import PreemptedError, UserError
-from asymco.methods.base import Method
-from asymco.methods.reporting import EpochResults
+from asymco.methods.base import EpochResults, Method
 
 logger = logging.getLogger(__name__)
 NO_BAD_STEP = 2**62

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
 from asymco.config import RunConfig
 from asymco.config_io import to_dict
-from asymco.data.pipeline import make_pipeline, workers_for
+from asymco.data.pipeline import Pipeline, make_pipeline, workers_for
 from asymco.data.prepare import NoisyData, describe_data, prepare_data
 from asymco.data.sharding import BatchPlan
 from asymco.engine.build import build_method, build_optimizer
@@ -55,21 +56,10 @@ def run_training(
     """Train `cfg` into `run` (continuing its checkpoint with `resume`); `started` is the
     `time.perf_counter()` the run's wall time counts from."""
     _set_up_process(cfg, dist)
-    workers = workers_for(cfg.data)
-    data = prepare_data(cfg.data, cfg.noise, workers=workers)
+    data = prepare_data(cfg.data, cfg.noise, workers=workers_for(cfg.data))
     method = build_method(cfg, data, exe, dist)
     optimizer, plans = build_optimizer(method, cfg)
-    plan = BatchPlan(
-        len(data.noisy_label), cfg.data.batch_size, cfg.train.seed, rank=dist.rank, world=dist.world
-    )
-    pipe = make_pipeline(
-        cfg.data,
-        data,
-        plan=plan,
-        device=exe.device,
-        memory_format=exe.memory_format(),
-        workers=workers,
-    )
+    pipe = _pipeline(cfg, data, exe, dist)
     if dist.is_main:  # only once the data is known to fit the model and the processes
         logger.info(describe_data(data, cfg.noise))
     saver = _Saver(run, method, optimizer, dist, to_dict(cfg), len(data.noisy_label))
@@ -94,31 +84,58 @@ def run_training(
     )
     saver.close()
     digests = dist.gather(state_digest(method.per_sample_buffers()))
-
-    def finish() -> dict:
-        with exe.evaluation():
-            save_label_issues(
-                run.path / "label_issues.csv",
-                method,
-                data,
-                pipe.train_eval,
-                epochs=len(history),
-                warmup_epochs=cfg.train.warmup_epochs,
-            )
-        wall = time.perf_counter() - started
-        summary = summarize(
-            cfg, history, data, method, exe=exe, loader=pipe.kind, wall_seconds=wall
-        )
-        summary["distributed"] = {
-            "world_size": dist.world,
-            "backend": dist.backend,
-            "per_sample_state_sha256": digests,  # one per rank: equal when the ranks agree
-        }
-        run.write_summary(summary)
-        return summary
-
-    summary = dist.on_main(finish)
+    summary = dist.on_main(
+        partial(_finish, run, cfg, exe, dist, method, data, pipe, history, digests, started)
+    )
     return Trained(summary, history, method.eval_nets()[method.reported_net].eval())
+
+
+def _pipeline(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) -> Pipeline:
+    """This process's loaders: its share of each global batch, and the evaluation batches."""
+    plan = BatchPlan(
+        len(data.noisy_label), cfg.data.batch_size, cfg.train.seed, rank=dist.rank, world=dist.world
+    )
+    return make_pipeline(
+        cfg.data,
+        data,
+        plan=plan,
+        device=exe.device,
+        memory_format=exe.memory_format(),
+        workers=workers_for(cfg.data),
+    )
+
+
+def _finish(
+    run: RunDir,
+    cfg: RunConfig,
+    exe: Execution,
+    dist: Dist,
+    method: Method,
+    data: NoisyData,
+    pipe: Pipeline,
+    history: list[dict],
+    digests: list[str],
+    started: float,
+) -> dict:
+    """label_issues.csv and summary.json (rank 0); returns the summary."""
+    with exe.evaluation():
+        save_label_issues(
+            run.path / "label_issues.csv",
+            method,
+            data,
+            pipe.train_eval,
+            epochs=len(history),
+            warmup_epochs=cfg.train.warmup_epochs,
+        )
+    wall = time.perf_counter() - started
+    summary = summarize(cfg, history, data, method, exe=exe, loader=pipe.kind, wall_seconds=wall)
+    summary["distributed"] = {
+        "world_size": dist.world,
+        "backend": dist.backend,
+        "per_sample_state_sha256": digests,  # one per rank: equal when the ranks agree
+    }
+    run.write_summary(summary)
+    return summary
 
 
 def _set_up_process(cfg: RunConfig, dist: Dist) -> None:

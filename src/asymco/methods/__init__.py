@@ -13,6 +13,7 @@ from asymco.methods.act import ACT
 from asymco.methods.base import Method
 from asymco.methods.coteaching import CoTeaching
 from asymco.methods.coteaching_plus import CoTeachingPlus
+from asymco.methods.decoupling import Decoupling
 from asymco.methods.jocor import JoCoR
 from asymco.methods.standard import Standard
 from asymco.registry import Registry
@@ -33,6 +34,7 @@ register_method("standard", Standard)
 register_method("coteaching", CoTeaching)
 register_method("coteaching_plus", CoTeachingPlus)
 register_method("jocor", JoCoR)
+register_method("decoupling", Decoupling)
 
 
 def create_method(name: str, *args: Any, **kwargs: Any) -> Method:
@@ -48,6 +50,7 @@ __all__ = [
     "METHODS",
     "CoTeaching",
     "CoTeachingPlus",
+    "Decoupling",
     "JoCoR",
     "Method",
     "Standard",

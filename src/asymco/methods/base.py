@@ -27,9 +27,18 @@ from torch import Tensor, nn
 from asymco.batch import Batch
 from asymco.config import MethodSettings, OptimConfig
 from asymco.lr_plan import LRPlan
-from asymco.methods.reporting import Reporting
+from asymco.methods.reporting import EpochResults, Reporting
 
-__all__ = ["Batch", "LRPlan", "Method", "MethodSettings", "Processes", "Views", "zero_touch"]
+__all__ = [
+    "Batch",
+    "EpochResults",
+    "LRPlan",
+    "Method",
+    "MethodSettings",
+    "Processes",
+    "Views",
+    "zero_touch",
+]
 
 
 class Processes(Protocol):
