@@ -98,6 +98,28 @@ def test_bf16_autocast_run_completes(tmp_path):
     assert result.history[-1]["test_acc"] > 20  # it learned something in 2 epochs
 
 
+@pytest.mark.parametrize(("setting", "under_autocast"), [("fp32", False), ("train", True)])
+def test_evaluation_runs_in_fp32_unless_asked(tmp_path, monkeypatch, setting, under_autocast):
+    """Training in bf16, test accuracy and label_issues.csv's probabilities are computed in
+    fp32 (train.eval_precision=fp32, the default), or under the training autocast (`train`)."""
+    from asymco.engine import loop, results
+
+    seen = []
+
+    def recording(real):
+        def wrapper(net, batches, *args):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return real(net, batches, *args)
+
+        return wrapper
+
+    monkeypatch.setattr(loop, "accuracy", recording(loop.accuracy))
+    monkeypatch.setattr(results, "predict_probs", recording(results.predict_probs))
+    _quick(tmp_path, "train.precision=bf16", f"train.eval_precision={setting}")
+    assert len(seen) == 2 * 2 + 1  # two nets tested per epoch, then label scores once
+    assert set(seen) == {under_autocast}
+
+
 def test_compiled_run_keeps_plain_checkpoint_keys(tmp_path):
     result = _quick(tmp_path, "train.compile=true")
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["method"]
