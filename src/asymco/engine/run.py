@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import nn
@@ -62,10 +61,8 @@ def run_training(
     pipe = _pipeline(cfg, data, exe, dist)
     if dist.is_main:  # only once the data is known to fit the model and the processes
         logger.info(describe_data(data, cfg.noise))
-    saver = _Saver(run, method, optimizer, dist, to_dict(cfg), len(data.noisy_label))
-    start = saver.restore() if resume else saver.first_files(data)
-    if cfg.log.tensorboard and dist.is_main:
-        saver.scalars = ScalarLog(run.path / "tensorboard")
+    files = _RunFiles(run, cfg, dist, method, optimizer, data)
+    start = files.restore() if resume else files.first_files()
     history = train_epochs(
         method,
         optimizer,
@@ -77,17 +74,25 @@ def run_training(
         warmup_epochs=cfg.train.warmup_epochs,
         is_clean=None if data.is_clean is None else torch.from_numpy(data.is_clean),
         start=start,
-        save=saver,
+        save=files.save,
         checkpoint_steps=cfg.train.checkpoint_steps,
         dist=dist,
         progress=cfg.train.progress,
     )
-    saver.close()
-    digests = dist.gather(state_digest(method.per_sample_buffers()))
-    summary = dist.on_main(
-        partial(_finish, run, cfg, exe, dist, method, data, pipe, history, digests, started)
-    )
+    summary = files.finish(history, exe, pipe, started)
     return Trained(summary, history, method.eval_nets()[method.reported_net].eval())
+
+
+def _set_up_process(cfg: RunConfig, dist: Dist) -> None:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)  # the same on every rank: the nets start identical
+    if cfg.train.warmup_epochs >= cfg.train.epochs and dist.is_main:
+        logger.warning(
+            "train.warmup_epochs (%d) >= train.epochs (%d): every epoch is warmup",
+            cfg.train.warmup_epochs,
+            cfg.train.epochs,
+        )
 
 
 def _pipeline(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) -> Pipeline:
@@ -105,106 +110,69 @@ def _pipeline(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) -> Pi
     )
 
 
-def _finish(
-    run: RunDir,
-    cfg: RunConfig,
-    exe: Execution,
-    dist: Dist,
-    method: Method,
-    data: NoisyData,
-    pipe: Pipeline,
-    history: list[dict],
-    digests: list[str],
-    started: float,
-) -> dict:
-    """label_issues.csv and summary.json (rank 0); returns the summary."""
-    with exe.evaluation():
-        save_label_issues(
-            run.path / "label_issues.csv",
-            method,
-            data,
-            pipe.train_eval,
-            epochs=len(history),
-            warmup_epochs=cfg.train.warmup_epochs,
-        )
-    wall = time.perf_counter() - started
-    summary = summarize(cfg, history, data, method, exe=exe, loader=pipe.kind, wall_seconds=wall)
-    summary["distributed"] = {
-        "world_size": dist.world,
-        "backend": dist.backend,
-        "per_sample_state_sha256": digests,  # one per rank: equal when the ranks agree
-    }
-    run.write_summary(summary)
-    return summary
-
-
-def _set_up_process(cfg: RunConfig, dist: Dist) -> None:
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)  # the same on every rank: the nets start identical
-    if cfg.train.warmup_epochs >= cfg.train.epochs and dist.is_main:
-        logger.warning(
-            "train.warmup_epochs (%d) >= train.epochs (%d): every epoch is warmup",
-            cfg.train.warmup_epochs,
-            cfg.train.epochs,
-        )
-
-
-class _Saver:
-    """The run's checkpoint and per-epoch files: where training starts, and every `Position`
-    the loop hands over saved (rank 0 writes; every rank contributes its RNG states and
-    figures)."""
+class _RunFiles:
+    """What the run writes, and reads back on resume: config.yaml and the noisy labels first,
+    the checkpoint (and metrics.jsonl, TensorBoard scalars) at every `Position` the loop hands
+    over, label_issues.csv and summary.json at the end. Rank 0 writes; every rank contributes
+    its RNG states, figures and state digest."""
 
     def __init__(
         self,
         run: RunDir,
+        cfg: RunConfig,
+        dist: Dist,
         method: Method,
         optimizer: torch.optim.Optimizer,
-        dist: Dist,
-        config: dict,
-        num_samples: int,
+        data: NoisyData,
     ) -> None:
-        self.run, self.method, self.optimizer, self.dist = run, method, optimizer, dist
-        self.config, self.num_samples = config, num_samples
+        self.run, self.cfg, self.dist = run, cfg, dist
+        self.method, self.optimizer, self.data = method, optimizer, data
+        self.config = to_dict(cfg)
         self.scalars: ScalarLog | None = None
 
-    def first_files(self, data: NoisyData) -> Position:
+    def first_files(self) -> Position:
         """A new run: its configuration and noisy labels, once the disk is known to hold it."""
 
         def write() -> None:
             check_free_space(self.run.path, self.method, self.optimizer)
             self.run.write_config(self.config)
-            self.run.write_array("noisy_labels.npy", data.noisy_labels_full)
-            if data.transition is not None:
-                self.run.write_array("noise_transition.npy", data.transition)
+            self.run.write_array("noisy_labels.npy", self.data.noisy_labels_full)
+            if self.data.transition is not None:
+                self.run.write_array("noise_transition.npy", self.data.transition)
 
         self.dist.on_main(write)
+        self._open_scalars()
         return Position([])
 
     def restore(self) -> Position:
         """A resumed run: its checkpoint, checked against this run, loaded into this process."""
+        path, num_samples = self.run.checkpoint, len(self.data.noisy_label)
 
         def load() -> dict:
-            remove_partial_writes(self.run.checkpoint)
-            return load_checkpoint(
-                self.run.checkpoint, num_samples=self.num_samples, config=self.config
-            )
+            remove_partial_writes(path)
+            return load_checkpoint(path, num_samples=num_samples, config=self.config)
 
         start = restore(self.dist.on_main(load), self.method, self.optimizer, self.dist)
         if self.dist.is_main:
             logger.info(
                 "resuming %s at epoch %d, step %d", self.run.path, start.epoch + 1, start.step
             )
+        self._open_scalars()
         return start
 
-    def __call__(self, position: Position) -> None:
+    def _open_scalars(self) -> None:
+        if self.cfg.log.tensorboard and self.dist.is_main:
+            self.scalars = ScalarLog(self.run.path / "tensorboard")
+
+    def save(self, position: Position) -> None:
+        """The checkpoint at `position`; at an epoch's end also metrics.jsonl and scalars."""
         state = checkpoint_state(
             position,
             method=self.method,
             optimizer=self.optimizer,
             dist=self.dist,
             config=self.config,
-            num_samples=self.num_samples,
+            num_samples=len(self.data.noisy_label),
         )
 
         def write() -> None:
@@ -217,6 +185,38 @@ class _Saver:
 
         self.dist.on_main(write)
 
-    def close(self) -> None:
+    def finish(self, history: list[dict], exe: Execution, pipe: Pipeline, started: float) -> dict:
+        """label_issues.csv and summary.json; returns the summary on every rank."""
         if self.scalars is not None:
             self.scalars.close()
+        digests = self.dist.gather(state_digest(self.method.per_sample_buffers()))
+
+        def write() -> dict:
+            with exe.evaluation():
+                save_label_issues(
+                    self.run.path / "label_issues.csv",
+                    self.method,
+                    self.data,
+                    pipe.train_eval,
+                    epochs=len(history),
+                    warmup_epochs=self.cfg.train.warmup_epochs,
+                )
+            wall = time.perf_counter() - started
+            summary = summarize(
+                self.cfg,
+                history,
+                self.data,
+                self.method,
+                exe=exe,
+                loader=pipe.kind,
+                wall_seconds=wall,
+            )
+            summary["distributed"] = {
+                "world_size": self.dist.world,
+                "backend": self.dist.backend,
+                "per_sample_state_sha256": digests,  # one per rank: equal when ranks agree
+            }
+            self.run.write_summary(summary)
+            return summary
+
+        return self.dist.on_main(write)
