@@ -4,6 +4,7 @@ command line, the sweep and the report like every other method."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -130,11 +131,14 @@ TINY = ["--set", "train.epochs=2", "--set", "train.warmup_epochs=1",
 
 
 @pytest.mark.slow
-def test_trains_through_the_cli_the_sweep_and_the_report(tmp_path, capsys):
+def test_trains_through_the_cli_the_sweep_and_the_report(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
     run = tmp_path / "run"
     assert main(["train", "--preset", "quickstart", "--set", "method.name=decoupling", *TINY,
                  "--out", str(run)]) == 0
     assert "quickstart / decoupling: last-10 test accuracy" in capsys.readouterr().out
+    last = [line for line in caplog.text.splitlines() if "epoch 2/2 robust" in line]
+    assert last and "| net2 " in last[0] and "| disagree " in last[0]  # its console words
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows] == ["warmup", "robust"]
     assert rows[-1]["sel_precision"] is None and 0 <= rows[-1]["disagree_fraction"] <= 1

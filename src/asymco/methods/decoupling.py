@@ -108,3 +108,9 @@ class Decoupling(Method):
             "train_acc_net1": (z1.argmax(1) == label).float().mean() * 100,
             "train_acc_net2": (z2.argmax(1) == label).float().mean() * 100,
         }
+
+    def net_words(self, row: dict) -> list[str]:
+        return [f"net2 {row['test_acc_net2']:.2f}%"]
+
+    def selection_words(self, row: dict) -> list[str]:
+        return [f"disagree {100 * row['disagree_fraction']:.1f}%"]
