@@ -52,7 +52,8 @@ def test_moved_settings_keep_their_old_spelling():
                                                      "optim.ntm_lr=0.002"])
     assert (cfg.method.ntm_lr_mode, cfg.method.ntm_lr) == ("separate_step", 0.002)
     assert "ntm_lr" not in to_dict(cfg)["optim"]
-    with pytest.raises(UserError, match=r"unknown setting 'method\.ntm_lr'.*method standard"):
+    moved = r"unknown setting 'optim\.ntm_lr \(now method\.ntm_lr\)'.*method standard"
+    with pytest.raises(UserError, match=moved):
         apply_overrides(get_preset("quickstart"), ["method.name=standard", "optim.ntm_lr=0.1"])
 
 

@@ -116,14 +116,16 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             raise UserError(f"override {_shown(item)} must look like section.key=value")
         key, text = item.split("=", 1)
         key = key.strip()
-        items.append((MOVED_KEYS.get(key, key), text))
-    items.sort(key=lambda pair: pair[0] != "method.name")  # stable: the rest keep their order
-    for key, text in items:
-        cfg = _apply(cfg, key, text)
+        items.append((MOVED_KEYS.get(key, key), text, key))
+    items.sort(key=lambda item: item[0] != "method.name")  # stable: the rest keep their order
+    for key, text, given in items:
+        cfg = _apply(cfg, key, text, given if given == key else f"{given} (now {key})")
     return cfg
 
 
-def _apply(cfg: RunConfig, key: str, text: str) -> RunConfig:
+def _apply(cfg: RunConfig, key: str, text: str, shown: str) -> RunConfig:
+    """`cfg` with setting `key` parsed from `text`; messages name the key as the user wrote
+    it (`shown`)."""
     parts = key.split(".")
     if len(parts) == 1 and parts[0] in TOP_FIELDS:
         value = _parse_scalar(text, _hints(RunConfig)[parts[0]], key)
@@ -140,9 +142,9 @@ def _apply(cfg: RunConfig, key: str, text: str) -> RunConfig:
     hints = _hints(type(section))
     if name not in hints:
         raise UserError(
-            f"unknown setting {_shown(key)}; {_known_keys(section_name, type(section), name)}"
+            f"unknown setting {_shown(shown)}; {_known_keys(section_name, type(section), name)}"
         )
-    value = _parse_scalar(text.strip(), hints[name], key)
+    value = _parse_scalar(text.strip(), hints[name], shown)
     return dataclasses.replace(cfg, **{section_name: dataclasses.replace(section, **{name: value})})
 
 
