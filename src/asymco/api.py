@@ -34,6 +34,7 @@ __all__ = [
     "RunConfig",
     "RunResult",
     "UserError",
+    "describe_run",
     "load_run_config",
     "resolve_config",
     "resolve_own_data",
@@ -128,3 +129,15 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         return RunResult(run.path, trained.summary, trained.history, trained.model)
     finally:
         shutdown(dist)
+
+
+def describe_run(summary: dict, run_dir: Path) -> str:
+    """A finished run in one line: its last-10 accuracy beside the paper's, its best epoch."""
+    s = summary
+    paper = f" (paper: {s['paper_test_acc']:.2f})" if s["paper_test_acc"] is not None else ""
+    return (
+        f"{s['preset']} / {s['method']}: last-10 test accuracy "
+        f"{s['test_acc_last10_mean']:.2f} ± {s['test_acc_last10_std']:.2f}{paper}, "
+        f"best {s['test_acc_best']:.2f} at epoch {s['best_epoch']}, "
+        f"{s['wall_seconds']:.0f}s -> {run_dir}"
+    )

@@ -63,16 +63,8 @@ def _train(args: argparse.Namespace) -> int:
         if args.resume:
             raise UserError("--device cannot change on --resume; it is part of the saved run")
     result = api.train(cfg, out_dir=args.out, resume=args.resume)
-    s = result.summary
-    if not _is_main_process():
-        return 0
-    paper = f" (paper: {s['paper_test_acc']:.2f})" if s["paper_test_acc"] is not None else ""
-    print(
-        f"{s['preset']} / {s['method']}: last-10 test accuracy "
-        f"{s['test_acc_last10_mean']:.2f} ± {s['test_acc_last10_std']:.2f}{paper}, "
-        f"best {s['test_acc_best']:.2f} at epoch {s['best_epoch']}, "
-        f"{s['wall_seconds']:.0f}s -> {result.run_dir}"
-    )
+    if _is_main_process():
+        print(api.describe_run(result.summary, result.run_dir))
     return 0
 
 

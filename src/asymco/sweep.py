@@ -125,20 +125,8 @@ def run_cell(cell: Cell, root: Path, overrides: list[str], data_dir: str | None)
     except Exception as err:  # a crash in one run must not lose the others
         logger.error("%s: %s: %s", cell, type(err).__name__, _one_line(err))
         return False
-    logger.info(describe(result.summary, result.run_dir))
+    logger.info(api.describe_run(result.summary, result.run_dir))
     return True
-
-
-def describe(summary: dict, run_dir: Path) -> str:
-    """A finished run in one line, as `asymco train` prints it."""
-    s = summary
-    paper = f" (paper: {s['paper_test_acc']:.2f})" if s["paper_test_acc"] is not None else ""
-    return (
-        f"{s['preset']} / {s['method']}: last-10 test accuracy "
-        f"{s['test_acc_last10_mean']:.2f} ± {s['test_acc_last10_std']:.2f}{paper}, "
-        f"best {s['test_acc_best']:.2f} at epoch {s['best_epoch']}, "
-        f"{s['wall_seconds']:.0f}s -> {run_dir}"
-    )
 
 
 def _one_line(err: BaseException) -> str:
@@ -226,7 +214,7 @@ def _log_file(cell: Cell, root: Path) -> Path:
 def _log_summary(run_dir: Path) -> None:
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
-        logger.info(describe(summary, run_dir))
+        logger.info(api.describe_run(summary, run_dir))
     except (OSError, ValueError, KeyError, TypeError) as err:
         logger.warning("cannot read %s (%s)", run_dir / "summary.json", err)
 

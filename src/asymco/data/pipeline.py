@@ -66,8 +66,17 @@ def make_pipeline(
     """The training loader and evaluation batches of `data`, on `device`."""
     kind = loader_kind(d)
     eval_batch = d.eval_batch_size or (1024 if device.type == "cuda" else 128)
-    if kind == "files":
-        return _files(d, data, plan, device, memory_format, workers, eval_batch)
+    if kind == "files":  # decoded by workers, normalised with ImageNet statistics
+        normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, memory_format)
+        size = {"size": d.image_size, "resize": d.resize or d.image_size}
+        files = {"workers": workers, "normalize": normalize, "device": device, **size}
+
+        def from_files(paths: np.ndarray, labels: np.ndarray) -> EvalBatches:
+            return folder_test_batches(paths, labels, batch_size=eval_batch, **files)
+
+        loader = FolderLoader(data.paths, data.noisy_label, plan=plan, **files)
+        test = from_files(data.test_images, data.test_label)
+        return Pipeline(loader, test, from_files(data.paths, data.noisy_label), kind)
     normalize = normalizer_for(data.images, d.normalize, device, memory_format)
     common = {"plan": plan, "device": device, "views": d.views, "normalize": normalize}
     if kind == "pil":
@@ -83,34 +92,8 @@ def make_pipeline(
             normalize=normalize,
         )
 
-    return Pipeline(
-        loader,
-        on_device(data.test_images, data.test_label),
-        on_device(data.images, data.noisy_label),
-        kind,
-    )
-
-
-def _files(
-    d: DataConfig,
-    data: NoisyData,
-    plan: BatchPlan,
-    device: torch.device,
-    memory_format: torch.memory_format,
-    workers: int,
-    eval_batch: int,
-) -> Pipeline:
-    """Image files: decoded by DataLoader workers, normalised with ImageNet statistics."""
-    normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, memory_format)
-    size = {"size": d.image_size, "resize": d.resize or d.image_size}
-    common = {"workers": workers, "normalize": normalize, "device": device, **size}
-    loader = FolderLoader(data.paths, data.noisy_label, plan=plan, **common)
-    return Pipeline(
-        loader,
-        folder_test_batches(data.test_images, data.test_label, batch_size=eval_batch, **common),
-        folder_test_batches(data.paths, data.noisy_label, batch_size=eval_batch, **common),
-        "files",
-    )
+    test = on_device(data.test_images, data.test_label)
+    return Pipeline(loader, test, on_device(data.images, data.noisy_label), kind)
 
 
 def workers_for(d: DataConfig) -> int:
