@@ -25,8 +25,7 @@ from torch import Tensor, nn
 
 from asymco.config import OptimConfig
 from asymco.errors import UserError
-from asymco.methods.base import Batch, LRPlan, Method, MethodSettings
-from asymco.methods.reporting import EpochResults
+from asymco.methods.base import Batch, EpochResults, LRPlan, Method, MethodSettings
 from asymco.methods.selection import (
     confidence_penalty,
     historical_weights,
@@ -68,7 +67,7 @@ class ACTSettings(MethodSettings):
     """The NTM's LR plan (act-spec A.4). `same_as_rtm`: official CIFAR code (lr1 is
     overwritten), the run's `optim` plan; `separate_cosine`: that plan rebuilt with `ntm_lr`
     (paper: NTM lr 0.08); `separate_step`: `ntm_lr` x0.1 at 60/120/150, no warmup lr
-    (main_web.py). Also accepted as `optim.ntm_lr_mode`, its name before 0.2."""
+    (main_web.py). Also accepted as `optim.ntm_lr_mode`, its earlier name."""
     ntm_lr: float = 0.08
     """NTM learning rate in the separate modes (paper: 0.08); also `optim.ntm_lr`."""
 
@@ -83,8 +82,6 @@ class ACTSettings(MethodSettings):
         ):
             if not ok:
                 raise UserError(f"method.{key} {message}")
-
-
 
 
 class ACT(Method):
