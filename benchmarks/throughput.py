@@ -23,16 +23,17 @@ import time
 import numpy as np
 import torch
 
-from asymco.config import MethodConfig, TrainConfig
-from asymco.data.loader import ArrayLoader, normalizer_for, to_device_images
+from asymco.config import TrainConfig
+from asymco.data.loader import ArrayLoader, array_batches, normalizer_for, to_device_images
 from asymco.data.pil_loader import PilLoader
 from asymco.data.sharding import BatchPlan
 from asymco.data.sources import load_source
 from asymco.engine.device import resolve_device
-from asymco.engine.evaluate import accuracy, array_batches
+from asymco.engine.evaluate import accuracy
 from asymco.engine.loop import run_epoch
 from asymco.engine.precision import resolve_execution
 from asymco.methods import create_method
+from asymco.methods.act import ACTSettings
 from asymco.models import create_model
 
 
@@ -92,7 +93,7 @@ def time_training(loader, labels: np.ndarray, exe, device, args) -> float:
     method = (
         create_method(
             "act",
-            MethodConfig(),
+            ACTSettings(),
             num_classes=100,
             observed_labels=torch.from_numpy(labels),
             make_model=lambda: create_model("cnn7", num_classes=100),
