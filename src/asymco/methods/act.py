@@ -114,9 +114,6 @@ class ACT(Method):
             ntm["lr_plan"] = LRPlan(s.ntm_lr, s.ntm_lr, "baseline")
         return [rtm, ntm]
 
-    def eval_nets(self) -> dict[str, nn.Module]:
-        return {"rtm": self.nets["rtm"], "ntm": self.nets["ntm"]}
-
     def on_epoch_start(self, epoch: int, *, warmup: bool) -> None:
         super().on_epoch_start(epoch, warmup=warmup)
         self.last_epoch_hits.copy_(self.epoch_hits)

@@ -155,8 +155,8 @@ class Method(Reporting, nn.Module):
         raise NotImplementedError
 
     def eval_nets(self) -> dict[str, nn.Module]:
-        """Nets to evaluate on the test set, the reported one first."""
-        return {self.reported_net: self.nets[self.reported_net]}
+        """Nets to evaluate on the test set: every net, the reported one first."""
+        return {self.reported_net: self.nets[self.reported_net], **self.nets}
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:

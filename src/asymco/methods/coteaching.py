@@ -249,9 +249,6 @@ class SmallLossPair(Method):
         super().on_epoch_start(epoch, warmup=warmup)
         self.is_selected.zero_()  # selected() reports this epoch only
 
-    def eval_nets(self) -> dict[str, nn.Module]:
-        return {"net1": self.nets["net1"], "net2": self.nets["net2"]}
-
     def _record(self, index: Tensor, chosen: Tensor) -> None:
         # Each sample is visited once per epoch (indices are unique within a batch), so the
         # count grows by at most one per epoch.

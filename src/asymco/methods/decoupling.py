@@ -32,7 +32,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from asymco.methods.base import Batch, Method, MethodSettings
+from asymco.methods.base import Batch, Method, MethodSettings, zero_touch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,8 +57,8 @@ def disagreement_losses(
         (loss1, loss2); an exact 0 that still depends on every logit when the set is empty.
     """
     scale = world / count.clamp_min(1)
-    loss1 = torch.where(update, ce1, torch.zeros_like(ce1)).sum() * scale + z1.sum() * 0.0
-    loss2 = torch.where(update, ce2, torch.zeros_like(ce2)).sum() * scale + z2.sum() * 0.0
+    loss1 = torch.where(update, ce1, torch.zeros_like(ce1)).sum() * scale + zero_touch(z1)
+    loss2 = torch.where(update, ce2, torch.zeros_like(ce2)).sum() * scale + zero_touch(z2)
     return loss1, loss2
 
 
@@ -85,9 +85,6 @@ class Decoupling(Method):
     def setup(self, make_model: Callable[[], nn.Module], observed_labels: Tensor) -> None:
         self.add_net("net1", make_model())  # independent initialisations: identical nets
         self.add_net("net2", make_model())  # would agree everywhere and never update
-
-    def eval_nets(self) -> dict[str, nn.Module]:
-        return {"net1": self.nets["net1"], "net2": self.nets["net2"]}
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         label = batch.label
