@@ -81,7 +81,7 @@ def sync(device: torch.device) -> None:
 def time_augmentation(loader, device) -> float:
     sync(device)
     start = time.perf_counter()
-    for _batch in loader.epoch(0, strong=True):
+    for _batch in loader.epoch(0, views=("weak", "strong")):
         pass
     sync(device)
     return loader.num_samples / (time.perf_counter() - start)

@@ -60,7 +60,7 @@ def set_table(method, z1: Tensor, z2: Tensor) -> None:
 
 def table_batch(index: Tensor, labels: Tensor) -> Batch:
     n = len(labels)
-    return Batch(index=index, weak=torch.eye(n)[index], strong=None, label=labels[index])
+    return Batch(index=index, views=(torch.eye(n)[index],), label=labels[index])
 
 
 def step_and_grads(method, batch: Batch) -> tuple[dict[str, Tensor], Tensor, Tensor]:
@@ -329,7 +329,7 @@ def tiny_model() -> nn.Module:
 
 def random_batch(index: Tensor, labels: Tensor, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    return Batch(index, torch.randn(len(index), 3, 2, 2, generator=g), None, labels[index])
+    return Batch(index, (torch.randn(len(index), 3, 2, 2, generator=g),), labels[index])
 
 
 @pytest.mark.parametrize("cls", METHODS)

@@ -49,7 +49,7 @@ def make_decoupling(z1=Z1, z2=Z2) -> Decoupling:
 def step(method: Decoupling, *, warmup: bool = False):
     method.on_epoch_start(0, warmup=warmup)
     method.zero_grad(set_to_none=True)
-    batch = Batch(torch.arange(5), torch.eye(5), None, LABELS)
+    batch = Batch(torch.arange(5), (torch.eye(5),), LABELS)
     out = method.training_step(batch)
     out["loss"].backward()
     used = [

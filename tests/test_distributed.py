@@ -30,6 +30,10 @@ from asymco.methods.act import ACT, ACTSettings
 CPU = torch.device("cpu")
 
 
+def _flat(batch: Batch) -> list[torch.Tensor]:
+    return [batch.index, *batch.views, batch.label]
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     n=st.integers(1, 400),
@@ -83,15 +87,15 @@ def test_loaders_restart_at_any_step_with_the_same_pixels(kind):
             return PilLoader(images, labels, workers=workers, **common)
         return ArrayLoader(images, labels, **common)
 
-    full = list(loader().epoch(2, strong=True))
-    tail = list(loader().epoch(2, strong=True, start_step=3))
+    full = list(loader().epoch(2, views=("weak", "strong")))
+    tail = list(loader().epoch(2, views=("weak", "strong"), start_step=3))
     assert len(full) == 5 and len(tail) == 2
     for a, b in zip(full[3:], tail, strict=True):
-        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+        assert all(torch.equal(x, y) for x, y in zip(_flat(a), _flat(b), strict=True))
     if kind == "pil":  # per-sample seeds: the worker that decodes an image does not matter
-        two_workers = list(loader(workers=2).epoch(2, strong=True))
+        two_workers = list(loader(workers=2).epoch(2, views=("weak", "strong")))
         for a, b in zip(full, two_workers, strict=True):
-            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+            assert all(torch.equal(x, y) for x, y in zip(_flat(a), _flat(b), strict=True))
 
 
 # ---- a real 2-process group -------------------------------------------------------------------
@@ -123,7 +127,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _step(method: ACT, x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> dict:
     method.on_epoch_start(3, warmup=False)
-    out = method.training_step(Batch(index, x[index], None, labels[index]))
+    out = method.training_step(Batch(index, (x[index],), labels[index]))
     out["loss"].backward()
     return out
 
@@ -141,7 +145,7 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
     out = _step(method, x, labels, index)
     mine = torch.zeros(N, dtype=torch.bool)
     mine[index] = True
-    sync_rows(method.per_sample_buffers(), mine, torch.ones(N, dtype=torch.bool), dist)
+    sync_rows(method.per_sample_state(), mine, torch.ones(N, dtype=torch.bool), dist)
     try:
         dist.on_main(lambda: (_ for _ in ()).throw(UserError("only rank 0 saw this")))
         error = None

@@ -60,11 +60,12 @@ def test_every_sample_once_per_epoch_with_both_views(kind):
     assert len(loader) == 3
     for epoch, strong in enumerate((True, False)):
         seen = []
-        for batch in loader.epoch(epoch, strong=strong):
+        views = ("weak", "strong") if strong else ("weak",)
+        for batch in loader.epoch(epoch, views=views):
             assert batch.weak.shape == (len(batch.index), 3, 32, 32)
             assert batch.weak.dtype == torch.float32
             assert batch.weak.is_contiguous(memory_format=torch.channels_last)
-            assert (batch.strong is not None) == strong
+            assert len(batch.views) == len(views)
             assert torch.equal(batch.label, torch.as_tensor(labels)[batch.index])
             seen.append(batch.index)
         assert sorted(torch.cat(seen).tolist()) == list(range(70))  # once each, none dropped

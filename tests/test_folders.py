@@ -286,15 +286,17 @@ def test_views_are_uint8_squares(tree, size: int, resize: int) -> None:
     train = FolderViewDataset(split.paths, split.labels, train=True, size=size, resize=resize)
     test = FolderViewDataset(split.paths, split.labels, train=False, size=size, resize=resize)
     for i in range(len(split)):
-        index, weak, strong, label = train[i]
+        index, (weak, strong), label = train[i]
         assert (index, label) == (i, split.labels[i])
         for view in (weak, strong):
             assert view.dtype == torch.uint8 and view.shape == (3, size, size)
-        _, view, empty, _ = test[i]
+        _, (view,), _ = test[i]
         assert view.dtype == torch.uint8 and view.shape == (3, size, size)
-        assert empty.numel() == 0
-    train.with_strong = False
-    assert train[0][2].numel() == 0
+    train.views = ("weak",)
+    assert len(train[0][1]) == 1
+    train.views = ("weak", "weak", "strong")  # any number of views, independent draws
+    first, second, third = train[0][1]
+    assert not torch.equal(first, second) and third.shape == first.shape
 
 
 def _loader(split: FolderSplit, seed: int, workers: int) -> FolderLoader:
@@ -304,7 +306,8 @@ def _loader(split: FolderSplit, seed: int, workers: int) -> FolderLoader:
 
 
 def _run(loader: FolderLoader, strong: bool, epoch: int) -> list:
-    return [tuple(x for x in batch) for batch in loader.epoch(epoch, strong=strong)]
+    views = ("weak", "strong") if strong else ("weak",)
+    return [(b.index, *b.views, b.label) for b in loader.epoch(epoch, views=views)]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -320,12 +323,12 @@ def test_folder_loader(tree, workers: int) -> None:
         assert strong.shape == weak.shape
         assert torch.equal(label, torch.from_numpy(split.labels)[index_])
     second = _run(loader, strong=False, epoch=1)
-    assert all(b[2] is None for b in second)
+    assert all(len(b) == 3 for b in second)  # index, weak, label
     assert sorted(torch.cat([b[0] for b in second]).tolist()) == list(range(8))
 
     again = _loader(split, seed=7, workers=workers)  # same seed: same order and same pixels
     for a, b in zip(first + second, _run(again, True, 0) + _run(again, False, 1), strict=True):
-        assert all(x is y is None or torch.equal(x, y) for x, y in zip(a, b, strict=True))
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     other = _run(_loader(split, seed=8, workers=workers), True, 0)
     assert not all(torch.equal(a[1], b[1]) for a, b in zip(first, other, strict=True))
 

@@ -242,7 +242,7 @@ def make_batch(index, label, seed=0):
     g = torch.Generator().manual_seed(seed)
     weak = torch.randn(len(index), 3, 2, 2, generator=g)
     strong = torch.randn(len(index), 3, 2, 2, generator=g)
-    return Batch(index=index, weak=weak, strong=strong, label=label)
+    return Batch(index=index, views=(weak, strong), label=label)
 
 
 def test_ema_argmax_moves_only_after_four_updates():
@@ -296,7 +296,7 @@ def test_empty_selection_guard(rtm_class, use_cr):
     with torch.no_grad():
         loss_ntm = F.cross_entropy(act.nets["ntm"](batch.weak), labels)
         # Nothing selected: the CR targets are argmax q = the label after one update.
-        loss_cr = F.cross_entropy(act.nets["rtm"](batch.strong), labels)
+        loss_cr = F.cross_entropy(act.nets["rtm"](batch.views[1]), labels)
     expected_rtm = 0.2 * loss_cr if use_cr else torch.tensor(0.0)
     assert out["loss_rtm"].item() == pytest.approx(expected_rtm.item(), abs=1e-6)
     assert out["loss"].item() == pytest.approx((expected_rtm + loss_ntm).item(), rel=1e-5)

@@ -10,18 +10,26 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+VIEW_NAMES = ("weak", "strong")
+"""The augmentations a method may ask for, each any number of times (`Method.train_views`)."""
+
 
 class Batch(NamedTuple):
     """What a method's `training_step` receives. There are no true labels here."""
 
     index: Tensor
     """(B,) int64 positions in the training set: the key of all per-sample state."""
-    weak: Tensor
-    """(B, C, H, W) float32 weakly augmented, normalised view."""
-    strong: Tensor | None
-    """(B, C, H, W) strongly augmented view, or None when the method does not need it."""
+    views: tuple[Tensor, ...]
+    """(B, C, H, W) float32 normalised views, one per name of the method's `train_views()`
+    (`weak`: flip and crop; `strong`: the same plus AutoAugment/RandAugment), each an
+    independent draw, in that order."""
     label: Tensor
     """(B,) int64 observed (possibly noisy) labels."""
+
+    @property
+    def weak(self) -> Tensor:
+        """The first view, always a weak one."""
+        return self.views[0]
 
 
 EvalBatches = Callable[[], Iterator[tuple[Tensor, Tensor]]]

@@ -39,6 +39,7 @@ def label_quality(
     selected_epochs: np.ndarray | None = None,
     epochs_after_warmup: int = 0,
     last_selected: np.ndarray | None = None,
+    clean_score: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-sample label quality from the RTM's predictions and ACT's selection history.
 
@@ -49,6 +50,9 @@ def label_quality(
             None for a method without selection.
         epochs_after_warmup: how many epochs ran after warmup (the robust epochs of ACT).
         last_selected: (N,) bool selection of the last epoch (None: no selection).
+        clean_score: (N,) the method's own judgement in [0, 1] that each label is correct
+            (`Method.clean_scores`): when given, it is the `label_score`, and a score below
+            0.5 is a label issue.
 
     Returns:
         Columns `predicted_label`, `given_label_prob`, `selected_share`, `label_score` (in
@@ -71,6 +75,9 @@ def label_quality(
         share = np.full(len(given), np.nan)
         score = given_prob
         issue = predicted != given
+    if clean_score is not None:
+        score = np.asarray(clean_score, dtype=np.float64)
+        issue = score < 0.5
     return {
         "predicted_label": predicted,
         "given_label_prob": given_prob,

@@ -139,12 +139,13 @@ def keep_good_images(
 
 
 class FolderViewDataset(Dataset):
-    """Decodes one image per item and returns (index, weak, strong, label).
+    """Decodes one image per item and returns (index, views, label).
 
-    `weak` is uint8 (3, size, size); `strong` is the same with RandAugment, or an empty tensor
-    when `with_strong` is False (always in test mode). Random draws come from a per-sample RNG
-    seeded from `epoch_seed` and the index, so a seeded run repeats its augmentations whichever
-    worker decodes an image, and a resumed run repeats them too.
+    In train mode `views` holds one uint8 (3, size, size) image per name in `views` (`weak`:
+    flip and crop; `strong`: the same with RandAugment); in test mode it is the one center crop.
+    Random draws come from a per-sample RNG seeded from `epoch_seed` and the index, so a seeded
+    run repeats its augmentations whichever worker decodes an image, and a resumed run repeats
+    them too.
 
     Args:
         paths: (N,) image paths.
@@ -152,7 +153,7 @@ class FolderViewDataset(Dataset):
         train: Train pipeline (flip, random crop) or test pipeline (center crop).
         size: Output side in pixels.
         resize: The shorter side is resized to this before cropping.
-        strong: Also return the RandAugment view (train only); `with_strong` can change it later.
+        views: The views to draw in train mode; the loader sets it each epoch.
         truncated_ok: Decode truncated images instead of failing on them.
     """
 
@@ -164,7 +165,7 @@ class FolderViewDataset(Dataset):
         train: bool,
         size: int,
         resize: int,
-        strong: bool = True,
+        views: tuple[str, ...] = ("weak", "strong"),
         truncated_ok: bool = True,
     ) -> None:
         if size < 1 or resize < 1:
@@ -172,7 +173,7 @@ class FolderViewDataset(Dataset):
         self.paths = np.asarray(paths, dtype=np.str_)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.train, self.size, self.resize = train, size, resize
-        self.with_strong = strong and train
+        self.views = views
         self.truncated_ok = truncated_ok
         self.randaugment = RandAugmentUDA()
         self.epoch_seed = 0
@@ -206,25 +207,19 @@ class FolderViewDataset(Dataset):
         top, left = rng.randint(0, h - self.size), rng.randint(0, w - self.size)
         return TF.crop(img, top, left, self.size, self.size)
 
-    def __getitem__(self, index: int) -> tuple[int, Tensor, Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[int, tuple[Tensor, ...], int]:
         img = TF.resize(self.load(index), self.resize)  # int: the shorter side, antialiased
-        empty = torch.empty(0, dtype=torch.uint8)
+        label = int(self.labels[index])
         if not self.train:
-            return (
-                index,
-                TF.pil_to_tensor(TF.center_crop(img, self.size)),
-                empty,
-                int(self.labels[index]),
-            )
-        # Weak and strong views are independent draws from the same decoded image.
+            return index, (TF.pil_to_tensor(TF.center_crop(img, self.size)),), label
+        # The views are independent draws from the same decoded image, in order.
         rng = random.Random(item_seed(self.epoch_seed, index))
-        weak = TF.pil_to_tensor(self._flip_crop(img, rng))
-        strong = (
-            TF.pil_to_tensor(self.randaugment(self._flip_crop(img, rng), rng))
-            if self.with_strong
-            else empty
-        )
-        return index, weak, strong, int(self.labels[index])
+        views = []
+        for name in self.views:
+            view = self._flip_crop(img, rng)
+            view = self.randaugment(view, rng) if name == "strong" else view
+            views.append(TF.pil_to_tensor(view))
+        return index, tuple(views), label
 
 
 def seed_worker(worker_id: int) -> None:
@@ -296,7 +291,6 @@ def folder_test_batches(
         train=False,
         size=size,
         resize=resize,
-        strong=False,
         truncated_ok=truncated_ok,
     )
 
@@ -308,7 +302,7 @@ def folder_test_batches(
             num_workers=workers,
             pin_memory=device.type == "cuda",
         )
-        for _, images, _, label in loader:
+        for _, (images,), label in loader:
             yield (
                 normalize(images.to(device, non_blocking=True)),
                 label.to(device, non_blocking=True),

@@ -84,24 +84,28 @@ class ArrayLoader:
     def num_samples(self) -> int:
         return len(self.labels)
 
-    def epoch(self, epoch: int, *, strong: bool, start_step: int = 0) -> Iterator[Batch]:
-        """This process's batches of `epoch`, from step `start_step` on."""
+    def epoch(
+        self, epoch: int, *, views: tuple[str, ...], start_step: int = 0
+    ) -> Iterator[Batch]:
+        """This process's batches of `epoch` with `views` (names of `VIEW_NAMES`), from step
+        `start_step` on."""
+        make = {"weak": self.weak_fn, "strong": self.strong_fn}
         batches = self.plan.batches(epoch)
         for step in range(start_step, len(batches)):
             index = batches[step].to(self.device)
-            gen = self.plan.generator(epoch, step)
+            gen = self.plan.generator(epoch, step)  # the views draw from it in order
             raw = self.images[index]
-            weak = self.normalize(self.weak_fn(raw, gen))
-            strong_view = self.normalize(self.strong_fn(raw, gen)) if strong else None
-            yield Batch(index, weak, strong_view, self.labels[index])
+            drawn = tuple(self.normalize(make[name](raw, gen)) for name in views)
+            yield Batch(index, drawn, self.labels[index])
 
 
 class WorkerLoader:
     """The per-image loaders' common part: DataLoader workers decode and augment each sample of
     the plan's batches; `Batch`es come out on the device, normalised.
 
-    The dataset returns (index, weak uint8, strong uint8 or empty, label) and has the attributes
-    `with_strong` and `epoch_seed` (its per-sample augmentation seeds derive from the latter).
+    The dataset returns (index, tuple of uint8 views, label) and has the attributes `views` (the
+    names of the views to draw, in order) and `epoch_seed` (its per-sample augmentation seeds
+    derive from it).
     """
 
     worker_init_fn: Callable[[int], None] | None = None
@@ -128,10 +132,12 @@ class WorkerLoader:
     def num_samples(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def epoch(self, epoch: int, *, strong: bool, start_step: int = 0) -> Iterator[Batch]:
-        """This process's batches of `epoch`, from step `start_step` on."""
-        # A fresh DataLoader per epoch hands the workers the current flag and epoch seed.
-        self.dataset.with_strong = strong
+    def epoch(
+        self, epoch: int, *, views: tuple[str, ...], start_step: int = 0
+    ) -> Iterator[Batch]:
+        """This process's batches of `epoch` with `views`, from step `start_step` on."""
+        # A fresh DataLoader per epoch hands the workers the current views and epoch seed.
+        self.dataset.views = views
         self.dataset.epoch_seed = self.plan.epoch_seed(epoch)
         loader = DataLoader(
             self.dataset,
@@ -141,10 +147,9 @@ class WorkerLoader:
             pin_memory=self.device.type == "cuda",
         )
         to = {"device": self.device, "non_blocking": True}
-        for index, weak, strong_view, label in loader:
+        for index, drawn, label in loader:
             yield Batch(
                 index.to(**to),
-                self.normalize(weak.to(**to)),
-                self.normalize(strong_view.to(**to)) if strong else None,
+                tuple(self.normalize(view.to(**to)) for view in drawn),
                 label.to(**to),
             )

@@ -51,7 +51,7 @@ class _ViewDataset(Dataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray, views: str) -> None:
         self.images, self.labels = images, labels
         self.weak, self.strong = pil_views(views, images.shape[1])
-        self.with_strong = True
+        self.views: tuple[str, ...] = ("weak", "strong")
         self.epoch_seed = 0
 
     def __len__(self) -> int:
@@ -64,9 +64,9 @@ class _ViewDataset(Dataset):
         # the draw does not depend on the worker, the worker count or where a run resumed.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed(self.epoch_seed, index))
-            weak = self.weak(img)
-            strong = self.strong(img) if self.with_strong else torch.empty(0)
-        return index, weak, strong, int(self.labels[index])
+            make = {"weak": self.weak, "strong": self.strong}
+            views = tuple(make[name](img) for name in self.views)
+        return index, views, int(self.labels[index])
 
 
 class PilLoader(WorkerLoader):

@@ -9,15 +9,20 @@ from torch import Tensor, nn
 from asymco.batch import EvalBatches
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: methods keep what they derive from the logits
+def logits(net: nn.Module, batches: EvalBatches) -> Tensor:
+    """(N, K) float32 logits of `net` in eval mode over `batches`, in order."""
+    was_training = net.training
+    net.eval()
+    out = [net(x).float() for x, _ in batches()]
+    net.train(was_training)
+    return torch.cat(out)
+
+
 def predict_probs(net: nn.Module, batches: EvalBatches, num_classes: int | None = None) -> Tensor:
     """(N, K) float32 softmax of `net` in eval mode over `batches`, in order; over the first
     `num_classes` logits only when given (a net with more outputs than the data has classes)."""
-    was_training = net.training
-    net.eval()
-    probs = [torch.softmax(net(x)[:, :num_classes].float(), dim=1) for x, _ in batches()]
-    net.train(was_training)
-    return torch.cat(probs)
+    return torch.softmax(logits(net, batches)[:, :num_classes], dim=1)
 
 
 @torch.inference_mode()

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from asymco.batch import Batch, EvalBatches
 from asymco.engine.checkpoint import Position
 from asymco.engine.distributed import Dist, sync_rows
-from asymco.engine.evaluate import accuracy, score_judgement
+from asymco.engine.evaluate import accuracy, logits, score_judgement
 from asymco.engine.precision import Execution
 from asymco.engine.stop import StopSignal
 from asymco.errors import PreemptedError, UserError
@@ -57,8 +57,10 @@ class TrainLoader(Protocol):
         """Steps per epoch."""
         ...
 
-    def epoch(self, epoch: int, *, strong: bool, start_step: int = 0) -> Iterator[Batch]:
-        """This process's batches of `epoch`, from step `start_step` on."""
+    def epoch(
+        self, epoch: int, *, views: tuple[str, ...], start_step: int = 0
+    ) -> Iterator[Batch]:
+        """This process's batches of `epoch` with `views`, from step `start_step` on."""
         ...
 
 
@@ -68,6 +70,7 @@ def train_epochs(
     loader: TrainLoader,
     test: EvalBatches,
     *,
+    train_eval: EvalBatches,
     exe: Execution,
     plans: dict[str, list[float]],
     epochs: int,
@@ -80,7 +83,8 @@ def train_epochs(
     progress: bool = True,
 ) -> list[dict]:
     """Train from `start` to the end of epoch `epochs`; returns the full per-epoch history.
-    `plans` holds each net's (optimizer group's) learning rate per epoch."""
+    `plans` holds each net's (optimizer group's) learning rate per epoch; `train_eval` is the
+    un-augmented training set, for methods that look at it before an epoch."""
     scaler = exe.make_scaler()
     history, first_epoch = start.history, start.epoch  # history grows, first_epoch stays
     with StopSignal() as stop:
@@ -94,6 +98,7 @@ def train_epochs(
                 method.set_phase(epoch, warmup=warmup)
             else:
                 method.on_epoch_start(epoch, warmup=warmup)
+                _training_pass(method, train_eval, exe)
             began = time.perf_counter()
             epoch_run = _Epoch(method, optimizer, scaler, loader, exe, dist, epoch, resumed)
             sums, visits = epoch_run.run(epochs, progress, checkpoint_steps, save, stop)
@@ -115,6 +120,15 @@ def train_epochs(
             if epoch + 1 < epochs and stop.agreed(dist, 0, exe.device):
                 raise PreemptedError(epoch + 1, 0)
     return history
+
+
+def _training_pass(method: Method, train_eval: EvalBatches, exe: Execution) -> None:
+    """Hand the method the logits it asked for over the un-augmented training set."""
+    names = method.training_pass_nets()
+    if names:
+        with exe.evaluation():
+            nets = method.eval_nets()
+            method.on_training_pass({name: logits(nets[name], train_eval) for name in names})
 
 
 def run_epoch(
@@ -168,7 +182,7 @@ class _Epoch:
         method, exe = self.method, self.exe
         batches = tqdm(
             self.loader.epoch(
-                self.epoch, strong=method.needs_strong_view(), start_step=self.start.step
+                self.epoch, views=method.train_views(), start_step=self.start.step
             ),
             total=len(self.loader),
             initial=self.start.step,
@@ -186,6 +200,7 @@ class _Epoch:
             self.scaler.scale(out["loss"]).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            method.after_step()
             self.visits[batch.index] += 1
             bad_now = ~torch.isfinite(out["loss"].detach()) & (self.first_bad < 0)
             self.first_bad = torch.where(
@@ -234,7 +249,7 @@ class _Epoch:
                 "lower the learning rate or use train.precision=fp32 (the last good checkpoint "
                 "is kept)"
             )
-        sync_rows(self.method.per_sample_buffers(), self.visits > 0, global_visits > 0, self.dist)
+        sync_rows(self.method.per_sample_state(), self.visits > 0, global_visits > 0, self.dist)
         return fewest, most
 
 

@@ -29,7 +29,7 @@ def save_label_issues(
     warmup_epochs: int,
 ) -> None:
     """label_issues.csv from the reported net's predictions and the selection history of the
-    `epochs` epochs trained."""
+    `epochs` epochs trained, ranked by the method's own clean score where it has one."""
     net = method.eval_nets()[method.reported_net]
     # Extra logits (Food-101N's 200 for 101 classes) name no class: rank the real ones only.
     probs = predict_probs(net, batches, data.num_classes).cpu().numpy()
@@ -39,12 +39,14 @@ def save_label_issues(
     if counts is not None:  # warmup counts every sample as selected: keep later epochs only
         selected_epochs = (counts.cpu().numpy().astype(np.int64) - warmup_done).clip(min=0)
     last = method.selected()
+    own = method.clean_scores()
     quality = label_quality(
         data.noisy_label,
         probs,
         selected_epochs=selected_epochs,
         epochs_after_warmup=epochs - warmup_done,
         last_selected=None if last is None else last.cpu().numpy(),
+        clean_score=None if own is None else own.float().cpu().numpy(),
     )
     write_label_issues(
         path,

@@ -68,6 +68,7 @@ def run_training(
         optimizer,
         pipe.loader,
         pipe.test,
+        train_eval=pipe.train_eval,
         exe=exe,
         plans=plans,
         epochs=cfg.train.epochs,
@@ -189,7 +190,7 @@ class _RunFiles:
         """label_issues.csv and summary.json; returns the summary on every rank."""
         if self.scalars is not None:
             self.scalars.close()
-        digests = self.dist.gather(state_digest(self.method.per_sample_buffers()))
+        digests = self.dist.gather(state_digest(self.method.per_sample_state()))
 
         def write() -> dict:
             with exe.evaluation():

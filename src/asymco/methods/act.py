@@ -121,8 +121,8 @@ class ACT(Method):
         self.is_selected.zero_()
         self.is_mined.zero_()
 
-    def needs_strong_view(self) -> bool:
-        return not self.warmup and self.settings.use_cr
+    def train_views(self) -> tuple[str, ...]:
+        return ("weak", "strong") if not self.warmup and self.settings.use_cr else ("weak",)
 
     def _mining_gate(self, gap: Tensor, acc_rtm: Tensor) -> Tensor:
         tau, mode = self.settings.tau, self.settings.mining_gate
@@ -137,7 +137,7 @@ class ACT(Method):
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         index, label = batch.index, batch.label
-        strong = batch.strong if self.needs_strong_view() else None
+        strong = batch.views[1] if len(self.train_views()) > 1 else None
         if strong is None:
             z_rtm, z_strong = self.fwd["rtm"](batch.weak), None  # (B, K), train mode
         else:  # the CR view's forward, in the same call (one DDP forward per step)

@@ -6,10 +6,19 @@ checkpoints and logging, and asks the method for everything method-specific: its
 groups and their LR plans, its per-epoch row and console words (`reporting.py`), the
 judgements to score against the truth (which the method itself never sees).
 
-Per-sample state lives in module buffers, so `state_dict()` checkpoints it with the nets and
-`.to(device)` moves it. Under torchrun each process sees only its share of every batch; a method
-that needs a figure of the whole global batch sums it with `self.dist.global_sum`, and the
-engine keeps per-sample buffers identical across processes (`per_sample_buffers`).
+Per-sample state lives in module buffers (or parameters, for per-sample variables the optimizer
+fits), so `state_dict()` checkpoints it with the nets and `.to(device)` moves it. Under torchrun
+each process sees only its share of every batch; a method that needs a figure of the whole
+global batch sums it with `self.dist.global_sum`, and the engine keeps per-sample state
+identical across processes (`per_sample_state`).
+
+What a method may ask of the engine besides its batches:
+- several views of each image (`train_views`: any number of weak and strong draws);
+- the un-augmented training set through some of its nets at the start of an epoch
+  (`training_pass_nets`, answered through `on_training_pass`);
+- extra optimizer groups with their own LR plans and options (`param_groups`);
+- an exponential moving average of a net, updated after every optimizer step (`add_average`);
+- its own per-sample clean score for label_issues.csv (`clean_scores`).
 
 A new method is one file: a `Method` subclass with a `Settings` class, registered in
 `methods/__init__.py` (see docs/new-method.md).
@@ -17,6 +26,7 @@ A new method is one file: a `Method` subclass with a `Settings` class, registere
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import ClassVar, Protocol
 
@@ -100,6 +110,8 @@ class Method(Reporting, nn.Module):
         self.num_classes = num_classes
         self.num_samples = len(observed_labels)
         self.nets = nn.ModuleDict()
+        self.averages = nn.ModuleDict()  # EMA copies of nets: evaluated and saved, not trained
+        self.average_of: dict[str, tuple[str, float]] = {}
         # The callables training_step uses; the engine may wrap them (DDP, compile) without the
         # wrappers leaking into state_dict() keys.
         self.fwd: dict[str, nn.Module] = {}
@@ -116,9 +128,29 @@ class Method(Reporting, nn.Module):
         self.nets[name] = net
         self.fwd[name] = Views(net)
 
+    def add_average(self, name: str, of: str, decay: float) -> None:
+        """Keep `name`, an exponential moving average of net `of` (a mean teacher): after each
+        optimizer step its parameters become `decay * average + (1 - decay) * net`, and its
+        buffers (BatchNorm statistics) copy the net's. It starts equal to the net."""
+        average = copy.deepcopy(self.nets[of]).requires_grad_(False)
+        self.averages[name] = average
+        self.average_of[name] = (of, decay)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Called by the engine after every optimizer step: updates the averages."""
+        for name, (of, decay) in self.average_of.items():
+            net, average = self.nets[of], self.averages[name]
+            for mean, value in zip(average.parameters(), net.parameters(), strict=True):
+                mean.lerp_(value.detach(), 1.0 - decay)
+            for mean, value in zip(average.buffers(), net.buffers(), strict=True):
+                mean.copy_(value)
+
     def param_groups(self, optim: OptimConfig) -> list[dict]:
         """One optimizer group per net: its parameters, its name (`net`) and the LR plan it
-        follows (`lr_plan`); by default every net follows the run's `optim` plan."""
+        follows (`lr_plan`); by default every net follows the run's `optim` plan. A method may
+        add groups of its own parameters (named by `net`), with their own plan and optimizer
+        options (`momentum`, `weight_decay`)."""
         plan = LRPlan(optim.lr, optim.warmup_lr, optim.lr_decay)
         return [
             {"params": list(net.parameters()), "net": name, "lr_plan": plan}
@@ -134,16 +166,32 @@ class Method(Reporting, nn.Module):
     def on_epoch_start(self, epoch: int, *, warmup: bool) -> None:
         self.set_phase(epoch, warmup=warmup)
 
-    def per_sample_buffers(self) -> list[Tensor]:
-        """The method's own buffers with one row per training sample (not the nets' buffers)."""
-        return [
-            buf
-            for buf in self.buffers(recurse=False)
-            if buf.dim() > 0 and buf.shape[0] == self.num_samples
-        ]
+    def per_sample_state(self) -> list[Tensor]:
+        """The method's own buffers and parameters with one row per training sample (not the
+        nets')."""
+        own = [*self.buffers(recurse=False), *self.parameters(recurse=False)]
+        return [t for t in own if t.dim() > 0 and t.shape[0] == self.num_samples]
 
-    def needs_strong_view(self) -> bool:
-        return False
+    def train_views(self) -> tuple[str, ...]:
+        """The views each training batch carries (`Batch.views`), named from
+        `batch.VIEW_NAMES`; the first is always `weak`. May change with the phase."""
+        return ("weak",)
+
+    def training_pass_nets(self) -> tuple[str, ...]:
+        """Nets whose logits over the whole un-augmented training set (eval mode) the method
+        wants before this epoch's first step; asked after `on_epoch_start`, answered through
+        `on_training_pass`. Every process computes the whole pass, so a rule computed from it
+        is the same on every rank."""
+        return ()
+
+    def on_training_pass(self, logits: dict[str, Tensor]) -> None:
+        """(N, K) float32 logits of each net of `training_pass_nets`, in sample order."""
+
+    def clean_scores(self) -> Tensor | None:
+        """(N,) float in [0, 1]: the method's own judgement that each given label is correct,
+        for label_issues.csv's `label_score` (a score below 0.5 marks a label issue); None to
+        rank by the reported net's probability of the given label and the selection history."""
+        return None
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         """Return a dict with the scalar "loss" to backpropagate and other figures to log.
@@ -155,12 +203,13 @@ class Method(Reporting, nn.Module):
         raise NotImplementedError
 
     def eval_nets(self) -> dict[str, nn.Module]:
-        """Nets to evaluate on the test set: every net, the reported one first."""
-        return {self.reported_net: self.nets[self.reported_net], **self.nets}
+        """Nets to evaluate on the test set: every net and average, the reported one first."""
+        every = {**self.nets, **self.averages}
+        return {self.reported_net: every[self.reported_net], **every}
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
-        return self.nets[self.reported_net](x)
+        return self.eval_nets()[self.reported_net](x)
 
     def select_counts(self) -> Tensor | None:
         """(N,) int: in how many epochs so far each sample counted as clean (warmup included),

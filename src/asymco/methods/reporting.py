@@ -80,7 +80,8 @@ class Reporting:
         row.update(
             epoch=r.epoch,
             phase=self.phase,
-            lr=r.lrs[self.reported_net],
+            # A reported ensemble or average has no LR of its own: the first net's.
+            lr=r.lrs.get(self.reported_net, next(iter(r.lrs.values()))),
             train_loss=means.pop("loss"),
             test_acc=r.test_acc[self.reported_net],
             sel_precision=sel["precision"],
