@@ -106,7 +106,7 @@ class Dist:
         return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
-@torch.no_grad()  # per-sample parameters (SOP's u, v) are leaves that require grad
+@torch.no_grad()  # per-sample parameters are leaves that require grad: no in-place copy else
 def sync_rows(buffers: list[Tensor], mine: Tensor, touched: Tensor, dist: Dist) -> None:
     """Make per-sample buffers (and per-sample parameters) identical on every rank.
 
