@@ -9,6 +9,8 @@ import math
 
 import pytest
 import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
 from torch import nn
 
 from asymco.batch import Batch
@@ -16,6 +18,7 @@ from asymco.cli import main
 from asymco.config import METHOD_SETTINGS, NoiseConfig, OptimConfig
 from asymco.config_io import apply_overrides
 from asymco.engine.build import build_optimizer
+from asymco.engine.distributed import Dist, sync_rows
 from asymco.errors import UserError
 from asymco.methods import METHODS, list_methods
 from asymco.methods.sop import (
@@ -46,6 +49,7 @@ class _Processes:
 
 
 def make_sop(**settings) -> SOP:
+    torch.manual_seed(0)  # the same u, v rows in every (simulated) process
     method = SOP(
         SOP.Settings(**settings),
         num_classes=K,
@@ -164,7 +168,7 @@ def test_adam_is_refused():
 def test_two_processes_give_the_one_process_gradient_of_u_and_v():
     """No DDP averages u and v: each process's local batch mean would give its rows `world`
     times the one-process gradient, which the 1/world hook undoes."""
-    whole = make_sop()
+    whole = make_sop(init_std=0.3)
     step(whole, [0, 1, 2, 3])
     for part in ([0, 1], [2, 3]):
         rank = make_sop()
@@ -173,6 +177,42 @@ def test_two_processes_give_the_one_process_gradient_of_u_and_v():
         step(rank, part)
         assert torch.allclose(rank.u.grad[part], whole.u.grad[part], atol=1e-7)
         assert torch.allclose(rank.v.grad[part], whole.v.grad[part], atol=1e-7)
+
+
+def _sgd_step(method: SOP, index: list[int]) -> None:
+    groups = [
+        {k: v for k, v in g.items() if k != "lr_plan"} for g in method.param_groups(OptimConfig())
+    ]
+    optimizer = torch.optim.SGD(groups, lr=0.01)
+    step(method, index)
+    optimizer.step()
+
+
+def _rank_main(rank: int, init_file: str, out_dir: str) -> None:
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    method = make_sop(init_std=0.3)
+    method.dist = Dist(rank, 2, rank, "gloo")
+    method.fwd["net"] = method.dist.wrap(method.fwd["net"], torch.device("cpu"))
+    part = [[0, 1], [2, 3]][rank]
+    _sgd_step(method, part)
+    mine = torch.zeros(N, dtype=torch.bool)
+    mine[part] = True
+    sync_rows(method.per_sample_state(), mine, torch.ones(N, dtype=torch.bool), method.dist)
+    torch.save({"u": method.u.detach(), "v": method.v.detach()}, f"{out_dir}/rank{rank}.pt")
+    tdist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_step_and_sync_u_v_as_one_process(tmp_path):
+    """A real 2-process group: each rank steps its half with the engine's groups, then the
+    engine's `sync_rows` (per-sample parameters included) gives both ranks the one-process u, v."""
+    mp.spawn(_rank_main, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    whole = make_sop(init_std=0.3)
+    _sgd_step(whole, [0, 1, 2, 3])
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.allclose(got["u"], whole.u.detach(), atol=1e-7)
+        assert torch.allclose(got["v"], whole.v.detach(), atol=1e-7)
 
 
 def test_sop_plus_terms_by_hand():
@@ -231,7 +271,7 @@ def test_state_round_trip_clean_scores_and_registration():
     other = make_sop()
     other.load_state_dict(method.state_dict())
     assert torch.equal(other.u, method.u) and torch.equal(other.v, method.v)
-    assert not torch.equal(make_sop(init_std=1.0).v, method.v)  # random rows, now restored
+    assert not torch.equal(make_sop(init_std=2.0).v, method.v)  # random rows, now restored
     assert "sop" in list_methods() and METHODS.get("sop") is SOP
     assert METHOD_SETTINGS.get("sop") is SOP.Settings
     assert method.paper_number("cifar100n-sym80", 40.74) == 34.23
