@@ -106,8 +106,9 @@ class Dist:
         return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
+@torch.no_grad()  # per-sample parameters are leaves that require grad: no in-place copy else
 def sync_rows(buffers: list[Tensor], mine: Tensor, touched: Tensor, dist: Dist) -> None:
-    """Make per-sample buffers identical on every rank.
+    """Make per-sample buffers (and per-sample parameters) identical on every rank.
 
     `mine` (N,) marks the rows this rank updated since the ranks last agreed, `touched` the rows
     any rank updated; every touched row has exactly one owner (the sharding guarantees it), so the
