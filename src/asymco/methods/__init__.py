@@ -10,6 +10,8 @@ from typing import Any
 
 from asymco.config import METHOD_SETTINGS
 from asymco.methods.act import ACT
+from asymco.methods.agce import AGCE
+from asymco.methods.anl import ANL
 from asymco.methods.base import Method
 from asymco.methods.coteaching import CoTeaching
 from asymco.methods.coteaching_plus import CoTeachingPlus
@@ -35,6 +37,8 @@ register_method("coteaching", CoTeaching)
 register_method("coteaching_plus", CoTeachingPlus)
 register_method("jocor", JoCoR)
 register_method("decoupling", Decoupling)
+register_method("agce", AGCE)
+register_method("anl", ANL)
 
 
 def create_method(name: str, *args: Any, **kwargs: Any) -> Method:
@@ -47,6 +51,8 @@ def list_methods() -> list[str]:
 
 __all__ = [
     "ACT",
+    "AGCE",
+    "ANL",
     "METHODS",
     "CoTeaching",
     "CoTeachingPlus",
