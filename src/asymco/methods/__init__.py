@@ -10,6 +10,8 @@ from typing import Any
 
 from asymco.config import METHOD_SETTINGS
 from asymco.methods.act import ACT
+from asymco.methods.agce import AGCE
+from asymco.methods.anl import ANL
 from asymco.methods.base import Method
 from asymco.methods.coteaching import CoTeaching
 from asymco.methods.coteaching_plus import CoTeachingPlus
@@ -37,6 +39,8 @@ register_method("coteaching_plus", CoTeachingPlus)
 register_method("jocor", JoCoR)
 register_method("decoupling", Decoupling)
 register_method("sop", SOP)
+register_method("agce", AGCE)
+register_method("anl", ANL)
 
 
 def create_method(name: str, *args: Any, **kwargs: Any) -> Method:
@@ -49,6 +53,8 @@ def list_methods() -> list[str]:
 
 __all__ = [
     "ACT",
+    "AGCE",
+    "ANL",
     "METHODS",
     "SOP",
     "CoTeaching",
