@@ -14,6 +14,7 @@ from asymco.methods.base import Method
 from asymco.methods.coteaching import CoTeaching
 from asymco.methods.coteaching_plus import CoTeachingPlus
 from asymco.methods.decoupling import Decoupling
+from asymco.methods.dividemix import DivideMix
 from asymco.methods.jocor import JoCoR
 from asymco.methods.standard import Standard
 from asymco.registry import Registry
@@ -35,6 +36,7 @@ register_method("coteaching", CoTeaching)
 register_method("coteaching_plus", CoTeachingPlus)
 register_method("jocor", JoCoR)
 register_method("decoupling", Decoupling)
+register_method("dividemix", DivideMix)
 
 
 def create_method(name: str, *args: Any, **kwargs: Any) -> Method:
@@ -51,6 +53,7 @@ __all__ = [
     "CoTeaching",
     "CoTeachingPlus",
     "Decoupling",
+    "DivideMix",
     "JoCoR",
     "Method",
     "Standard",
