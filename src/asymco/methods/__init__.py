@@ -16,6 +16,7 @@ from asymco.methods.base import Method
 from asymco.methods.coteaching import CoTeaching
 from asymco.methods.coteaching_plus import CoTeachingPlus
 from asymco.methods.decoupling import Decoupling
+from asymco.methods.dividemix import DivideMix
 from asymco.methods.jocor import JoCoR
 from asymco.methods.sop import SOP
 from asymco.methods.standard import Standard
@@ -41,6 +42,7 @@ register_method("decoupling", Decoupling)
 register_method("sop", SOP)
 register_method("agce", AGCE)
 register_method("anl", ANL)
+register_method("dividemix", DivideMix)
 
 
 def create_method(name: str, *args: Any, **kwargs: Any) -> Method:
@@ -60,6 +62,7 @@ __all__ = [
     "CoTeaching",
     "CoTeachingPlus",
     "Decoupling",
+    "DivideMix",
     "JoCoR",
     "Method",
     "Standard",
