@@ -15,6 +15,7 @@ from asymco.methods.coteaching import CoTeaching
 from asymco.methods.coteaching_plus import CoTeachingPlus
 from asymco.methods.decoupling import Decoupling
 from asymco.methods.jocor import JoCoR
+from asymco.methods.josrc import JoSRC
 from asymco.methods.standard import Standard
 from asymco.registry import Registry
 
@@ -35,6 +36,7 @@ register_method("coteaching", CoTeaching)
 register_method("coteaching_plus", CoTeachingPlus)
 register_method("jocor", JoCoR)
 register_method("decoupling", Decoupling)
+register_method("josrc", JoSRC)
 
 
 def create_method(name: str, *args: Any, **kwargs: Any) -> Method:
@@ -52,6 +54,7 @@ __all__ = [
     "CoTeachingPlus",
     "Decoupling",
     "JoCoR",
+    "JoSRC",
     "Method",
     "Standard",
     "create_method",
