@@ -291,6 +291,7 @@ TINY = ["--set", "train.epochs=3", "--set", "train.warmup_epochs=1",
         "--set", "method.warmup_ramp_epochs=1", "--set", "method.rise_epochs=2"]
 
 
+@pytest.mark.slow
 def test_trains_through_the_cli(tmp_path, capsys, caplog):
     caplog.set_level(logging.INFO)
     run = tmp_path / "run"
