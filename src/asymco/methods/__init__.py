@@ -18,6 +18,7 @@ from asymco.methods.coteaching_plus import CoTeachingPlus
 from asymco.methods.decoupling import Decoupling
 from asymco.methods.dividemix import DivideMix
 from asymco.methods.jocor import JoCoR
+from asymco.methods.josrc import JoSRC
 from asymco.methods.sop import SOP
 from asymco.methods.standard import Standard
 from asymco.registry import Registry
@@ -43,6 +44,7 @@ register_method("sop", SOP)
 register_method("agce", AGCE)
 register_method("anl", ANL)
 register_method("dividemix", DivideMix)
+register_method("josrc", JoSRC)
 
 
 def create_method(name: str, *args: Any, **kwargs: Any) -> Method:
@@ -64,6 +66,7 @@ __all__ = [
     "Decoupling",
     "DivideMix",
     "JoCoR",
+    "JoSRC",
     "Method",
     "Standard",
     "create_method",
