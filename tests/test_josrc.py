@@ -100,13 +100,25 @@ def test_smoothed_labels_and_threshold_schedule():
     smoothed = smoothed_labels(torch.tensor([1]), 3, 0.6)
     assert torch.allclose(smoothed, torch.tensor([[0.3, 0.4, 0.3]]))  # 0.6 / 2 off the label
     s = JoSRC.Settings()  # the code's 0 -> 0.75 over warmup, then 0.75 -> 0.95
-    assert clean_threshold(0, -1, warmup=True, settings=s) == 0.0
-    assert clean_threshold(25, -1, warmup=True, settings=s) == pytest.approx(0.375)
-    assert clean_threshold(50, 0, warmup=False, settings=s) == pytest.approx(0.75)
-    assert clean_threshold(100, 50, warmup=False, settings=s) == pytest.approx(0.85)
-    assert clean_threshold(160, 110, warmup=False, settings=s) == pytest.approx(0.95)
-    plain = JoSRC.Settings(warmup_selection=False)  # the engine's convention: no selection
-    assert clean_threshold(40, -1, warmup=True, settings=plain) == 0.0
+    plan = {"settings": s, "ramp_epochs": 50, "rise_epochs": 100}
+    assert clean_threshold(0, -1, warmup=True, **plan) == 0.0
+    assert clean_threshold(25, -1, warmup=True, **plan) == pytest.approx(0.375)
+    assert clean_threshold(50, 0, warmup=False, **plan) == pytest.approx(0.75)
+    assert clean_threshold(100, 50, warmup=False, **plan) == pytest.approx(0.85)
+    assert clean_threshold(160, 110, warmup=False, **plan) == pytest.approx(0.95)
+    plain = {**plan, "settings": JoSRC.Settings(warmup_selection=False)}  # engine's convention
+    assert clean_threshold(40, -1, warmup=True, **plain) == 0.0
+
+
+def test_threshold_schedule_follows_the_runs_warmup_and_length_by_default():
+    method = JoSRC(JoSRC.Settings(), num_classes=K, observed_labels=LABELS,
+                   make_model=lambda: nn.Linear(len(LABELS), K), epochs=60, warmup_epochs=10)
+    method.on_epoch_start(5, warmup=True)  # half-way through the run's 10 warmup epochs
+    assert method.threshold.item() == pytest.approx(0.75 * 5 / 10)
+    method.on_epoch_start(10, warmup=False)
+    method.on_epoch_start(35, warmup=False)  # 25 of the run's 50 robust epochs
+    assert method.threshold.item() == pytest.approx(0.75 + 0.2 * 25 / 50)
+    assert method.clean_cut() == pytest.approx(0.85)  # label issues: below Jo-SRC's own line
 
 
 def test_clean_id_ood_split_on_hand_made_inputs():
@@ -287,8 +299,7 @@ def test_registered_with_settings_checks_and_paper_numbers():
 # ------------------------------------------------------------------ end to end
 
 TINY = ["--set", "train.epochs=3", "--set", "train.warmup_epochs=1",
-        "--set", "optim.lr_decay=cosine:1,1e-3,3", "--set", "train.progress=false",
-        "--set", "method.warmup_ramp_epochs=1", "--set", "method.rise_epochs=2"]
+        "--set", "optim.lr_decay=cosine:1,1e-3,3", "--set", "train.progress=false"]
 
 
 @pytest.mark.slow

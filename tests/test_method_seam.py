@@ -158,6 +158,9 @@ def test_own_clean_score_ranks_label_issues():
     assert own["label_score"].tolist() == [0.3, 0.7, 0.5]
     assert own["is_label_issue"].tolist() == [True, False, False]  # below 0.5
     assert own["given_label_prob"].tolist() == pytest.approx([0.9, 0.2, 0.9])
+    # A method whose rule draws its line elsewhere (Jo-SRC: its threshold tau) says where.
+    cut = label_quality(given, probs, clean_score=np.array([0.3, 0.7, 0.5]), clean_cut=0.75)
+    assert cut["is_label_issue"].tolist() == [True, True, True]
 
 
 def test_views_draw_in_order_so_older_runs_repeat():

@@ -40,6 +40,7 @@ def label_quality(
     epochs_after_warmup: int = 0,
     last_selected: np.ndarray | None = None,
     clean_score: np.ndarray | None = None,
+    clean_cut: float = 0.5,
 ) -> dict[str, np.ndarray]:
     """Per-sample label quality from the RTM's predictions and ACT's selection history.
 
@@ -52,7 +53,7 @@ def label_quality(
         last_selected: (N,) bool selection of the last epoch (None: no selection).
         clean_score: (N,) the method's own judgement in [0, 1] that each label is correct
             (`Method.clean_scores`): when given, it is the `label_score`, and a score below
-            0.5 is a label issue.
+            `clean_cut` (the method's own line, `Method.clean_cut`) is a label issue.
 
     Returns:
         Columns `predicted_label`, `given_label_prob`, `selected_share`, `label_score` (in
@@ -77,7 +78,7 @@ def label_quality(
         issue = predicted != given
     if clean_score is not None:
         score = np.asarray(clean_score, dtype=np.float64)
-        issue = score < 0.5
+        issue = score < clean_cut
     return {
         "predicted_label": predicted,
         "given_label_prob": given_prob,

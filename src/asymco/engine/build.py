@@ -53,6 +53,8 @@ def build_method(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) ->
         cfg.method,
         num_classes=outputs,  # the official Food code keeps q over all 200 logits
         observed_labels=torch.from_numpy(data.noisy_label),
+        epochs=cfg.train.epochs,
+        warmup_epochs=cfg.train.warmup_epochs,
         make_model=lambda: create_model(
             cfg.model.name, num_classes=outputs, in_channels=channels, **model_options
         ),

@@ -47,6 +47,7 @@ def save_label_issues(
         epochs_after_warmup=epochs - warmup_done,
         last_selected=None if last is None else last.cpu().numpy(),
         clean_score=None if own is None else own.float().cpu().numpy(),
+        clean_cut=method.clean_cut(),
     )
     write_label_issues(
         path,

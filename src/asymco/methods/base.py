@@ -18,7 +18,8 @@ What a method may ask of the engine besides its batches:
   (`training_pass_nets`, answered through `on_training_pass`);
 - extra optimizer groups with their own LR plans and options (`param_groups`);
 - an exponential moving average of a net, updated after every optimizer step (`add_average`);
-- its own per-sample clean score for label_issues.csv (`clean_scores`).
+- its own per-sample clean score for label_issues.csv (`clean_scores`, cut at `clean_cut`);
+- the run's schedule (`run_epochs`, `run_warmup_epochs`).
 
 A new method is one file: a `Method` subclass with a `Settings` class, registered in
 `methods/__init__.py` (see docs/new-method.md).
@@ -104,9 +105,14 @@ class Method(Reporting, nn.Module):
         num_classes: int,
         observed_labels: Tensor,
         make_model: Callable[[], nn.Module],
+        epochs: int = 0,
+        warmup_epochs: int = 0,
     ) -> None:
         super().__init__()
         self.settings = settings
+        # The run's schedule (train.epochs, train.warmup_epochs; 0 where unknown, as in unit
+        # tests), for rules whose own schedules are fractions of it.
+        self.run_epochs, self.run_warmup_epochs = epochs, warmup_epochs
         self.num_classes = num_classes
         self.num_samples = len(observed_labels)
         self.nets = nn.ModuleDict()
@@ -192,6 +198,11 @@ class Method(Reporting, nn.Module):
         for label_issues.csv's `label_score` (a score below 0.5 marks a label issue); None to
         rank by the reported net's probability of the given label and the selection history."""
         return None
+
+    def clean_cut(self) -> float:
+        """The `clean_scores` value below which a label counts as an issue: 0.5 unless the
+        method's own rule draws the line elsewhere."""
+        return 0.5
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         """Return a dict with the scalar "loss" to backpropagate and other figures to log.

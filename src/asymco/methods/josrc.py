@@ -24,8 +24,9 @@ tau_clean * epoch / W_r in warmup, then linear from tau_clean to tau_max over `r
 Hyperparameters. Official code (config/cifar100.cfg, cifar100.py): eps 0.6, tau_clean 0.75,
 tau_max 0.95 (hard-coded), alpha 0.5, warmup 10 of 200 epochs, EMA decay 0.99, OOD temperature
 10, Adam lr 1e-3 (linear decay from epoch 80), batch 128, the same 7-layer CNN. Here the
-harness's SGD plan; the code's warmup maps onto the engine's (`warmup_ramp_epochs` = 50) and
-its rise over the other 190 epochs onto `rise_epochs` = 100 (150 - 50). Clothing1M (K = 14):
+harness's SGD plan; the code's warmup maps onto the engine's (`warmup_ramp_epochs` = the run's
+warmup, 50) and its rise over the other 190 epochs onto the run's other epochs (`rise_epochs` =
+150 - 50 = 100). Clothing1M (K = 14):
 eps 0.7, tau 0.9, alpha 0.4; Food-101N: eps 0.65.
 
 Where paper and code differ we follow the code, the paper's choice a setting: JS to the smoothed
@@ -72,14 +73,14 @@ class JoSRCSettings(MethodSettings):
     """Clean threshold on 1 - JS at the end of warmup (code: 0.75 CIFAR/Food, 0.9 Clothing1M)."""
     tau_max: float = 0.95
     """Clean threshold reached `rise_epochs` after warmup (code: 0.95, fixed)."""
-    warmup_ramp_epochs: int = 50
+    warmup_ramp_epochs: int | None = None
     """Epochs over which the threshold ramps from 0 to tau_clean while the engine warms up (the
-    code's warmup_epochs, 10 of 200); keep it equal to train.warmup_epochs."""
+    code's warmup_epochs, 10 of 200). None = the run's train.warmup_epochs."""
     warmup_selection: bool = True
     """Select by the ramped threshold in warmup (code); False = every sample (engine's rule)."""
-    rise_epochs: int = 100
+    rise_epochs: int | None = None
     """Robust epochs over which the threshold rises from tau_clean to tau_max (the code: all
-    its epochs after warmup); train.epochs - train.warmup_epochs."""
+    its epochs after warmup). None = train.epochs - train.warmup_epochs."""
     alpha: float = 0.5
     """Weight of the consistency term; 1 - alpha weighs the classification term."""
     ema_decay: float = 0.99
@@ -106,7 +107,7 @@ class JoSRCSettings(MethodSettings):
             raise UserError("method.eps and method.ema_decay must be below 1")
         if self.tau_max < self.tau_clean:
             raise UserError("method.tau_max must be >= method.tau_clean")
-        if min(self.warmup_ramp_epochs, self.rise_epochs) < 0:
+        if min(self.warmup_ramp_epochs or 0, self.rise_epochs or 0) < 0:
             raise UserError("method.warmup_ramp_epochs and method.rise_epochs must be >= 0")
         if self.ood_temperature <= 0:
             raise UserError("method.ood_temperature must be positive")
@@ -148,17 +149,24 @@ def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def clean_threshold(
-    epoch: int, robust_epoch: int, *, warmup: bool, settings: JoSRCSettings
+    epoch: int,
+    robust_epoch: int,
+    *,
+    warmup: bool,
+    settings: JoSRCSettings,
+    ramp_epochs: int,
+    rise_epochs: int,
 ) -> float:
     """tau of this epoch: tau_clean * min(epoch / W_r, 1) in warmup (0 if it does not select),
-    then tau_clean + (tau_max - tau_clean) * min(r / R, 1), r = 0-based robust epoch."""
+    then tau_clean + (tau_max - tau_clean) * min(r / R, 1), r = 0-based robust epoch, with
+    W_r = `ramp_epochs` and R = `rise_epochs`."""
     s = settings
     if warmup:
         if not s.warmup_selection:
             return 0.0
-        ramp = 1.0 if s.warmup_ramp_epochs == 0 else min(epoch / s.warmup_ramp_epochs, 1.0)
+        ramp = 1.0 if ramp_epochs == 0 else min(epoch / ramp_epochs, 1.0)
         return s.tau_clean * ramp
-    rise = 1.0 if s.rise_epochs == 0 else min(max(robust_epoch, 0) / s.rise_epochs, 1.0)
+    rise = 1.0 if rise_epochs == 0 else min(max(robust_epoch, 0) / rise_epochs, 1.0)
     return s.tau_clean + (s.tau_max - s.tau_clean) * rise
 
 
@@ -232,7 +240,11 @@ class JoSRC(Method):
         if not warmup and int(self.robust_start) < 0:  # one host read per epoch, not per step
             self.robust_start.fill_(epoch)
         robust_epoch = epoch - int(self.robust_start)
-        tau = clean_threshold(epoch, robust_epoch, warmup=warmup, settings=self.settings)
+        s = self.settings
+        ramp = self.run_warmup_epochs if s.warmup_ramp_epochs is None else s.warmup_ramp_epochs
+        rise = self.run_epochs - self.run_warmup_epochs if s.rise_epochs is None else s.rise_epochs
+        tau = clean_threshold(epoch, robust_epoch, warmup=warmup, settings=s, ramp_epochs=ramp,
+                              rise_epochs=max(rise, 0))
         self.threshold.fill_(tau)
 
     def on_epoch_start(self, epoch: int, *, warmup: bool) -> None:
@@ -242,6 +254,9 @@ class JoSRC(Method):
 
     def clean_scores(self) -> Tensor:
         return self.clean_score
+
+    def clean_cut(self) -> float:
+        return float(self.threshold)  # Jo-SRC's own line: clean iff P >= tau
 
     def judgements(self) -> dict[str, Tensor]:
         return {"selected": self.is_selected, "relabelled": self.is_relabelled, "ood": self.is_ood}
