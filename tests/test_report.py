@@ -24,7 +24,7 @@ from asymco.report import build_rows, find_runs, load_run, make_report, markdown
 from asymco.report.collect import Run
 from asymco.report.plots import panels_for, plot_run
 from asymco.report.render import key_figures
-from asymco.report.tables import FORGET_RATE_NOTE, forget_rate_is_true_noise
+from asymco.report.tables import FORGET_RATE_NOTE, SHORTENED_NOTE, forget_rate_is_true_noise
 
 PAPER = 90.5
 TINY = ["train.epochs=6", "train.warmup_epochs=2", "optim.lr_decay=cosine:2,1e-3,6",
@@ -188,6 +188,30 @@ def test_forget_rate_footnote(runs_root: Path, tmp_path: Path):
         assert forget_rate_is_true_noise(run) is expected, (method, forget)
     own = markdown_table(build_rows(find_runs([runs_root])))
     assert FORGET_RATE_NOTE not in own
+
+
+def test_shortened_runs_show_the_paper_number_without_comparing(runs_root: Path, tmp_path: Path):
+    run_dir = _copy_run(runs_root / "sweep" / "standard-s1", tmp_path / "short")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for protocol, marked in ((True, False), (False, True)):
+        summary.update(paper_test_acc=35.14, paper_protocol=protocol)
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        rows = build_rows(find_runs([tmp_path]))
+        assert rows[0].paper == 35.14 and rows[0].shortened is marked
+        assert (rows[0].diff is None) is marked
+        markdown = markdown_table(rows)
+        assert ("standard ‡" in markdown) is marked and (SHORTENED_NOTE in markdown) is marked
+
+
+def test_paper_protocol_means_the_presets_data_and_schedule():
+    from asymco.api import resolve_config
+    from asymco.engine.results import paper_protocol
+
+    assert paper_protocol(resolve_config("cifar100n-sym20", [])) is True
+    for change in ("data.subset=2000", "data.test_subset=500", "train.epochs=8"):
+        assert paper_protocol(resolve_config("cifar100n-sym20", [change])) is False, change
+    # A reference number of the user's own is compared as asked.
+    assert paper_protocol(resolve_config("cifar100n-sym20", ["paper_test_acc=50"])) is None
 
 
 def test_report_renders_in_headless_chromium(report: tuple[Path, Path], tmp_path: Path):

@@ -134,7 +134,10 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
 def describe_run(summary: dict, run_dir: Path) -> str:
     """A finished run in one line: its last-10 accuracy beside the paper's, its best epoch."""
     s = summary
-    paper = f" (paper: {s['paper_test_acc']:.2f})" if s["paper_test_acc"] is not None else ""
+    paper = ""
+    if s["paper_test_acc"] is not None:
+        shortened = s.get("paper_protocol") is False  # a subset or another schedule
+        paper = f" (paper: {s['paper_test_acc']:.2f}{', full protocol' if shortened else ''})"
     return (
         f"{s['preset']} / {s['method']}: last-10 test accuracy "
         f"{s['test_acc_last10_mean']:.2f} ± {s['test_acc_last10_std']:.2f}{paper}, "

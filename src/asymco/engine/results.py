@@ -17,6 +17,7 @@ from asymco.engine.evaluate import predict_probs
 from asymco.engine.precision import Execution
 from asymco.label_issues import label_quality, write_label_issues
 from asymco.methods.base import Method
+from asymco.presets import get_preset, list_presets
 
 
 def save_label_issues(
@@ -84,6 +85,7 @@ def summarize(
         "best_epoch": best,
         "test_acc_final": float(accs[-1]),
         **method.summary_figures(history, preset=cfg.preset, preset_number=cfg.paper_test_acc),
+        "paper_protocol": paper_protocol(cfg),
         "noise_rate_actual": (
             None if data.noise_rate_actual is None else round(data.noise_rate_actual, 6)
         ),
@@ -103,6 +105,23 @@ def summarize(
         },
         "versions": _versions(),
     }
+
+
+def paper_protocol(cfg: RunConfig) -> bool | None:
+    """Whether the run kept its preset's data and schedule (no subset, the preset's epochs and
+    warmup), so its number may be set against the paper's; None for a run without a preset or
+    with a reference number of the user's own (`paper_test_acc` set: compared as asked)."""
+    if cfg.preset not in list_presets():
+        return None
+    preset = get_preset(cfg.preset)
+    if cfg.paper_test_acc != preset.paper_test_acc:
+        return None
+    return (
+        cfg.data.subset is None
+        and cfg.data.test_subset is None
+        and (cfg.train.epochs, cfg.train.warmup_epochs)
+        == (preset.train.epochs, preset.train.warmup_epochs)
+    )
 
 
 def _versions() -> dict[str, str]:

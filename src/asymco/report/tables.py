@@ -24,6 +24,11 @@ NO_FORGET_RATE_METHODS = ("act", "standard")
 
 FORGET_RATE_NOTE = "forget rate = true noise rate (as those papers assume)"
 FORGET_RATE_MARK = "†"
+SHORTENED_MARK = "‡"
+SHORTENED_NOTE = (
+    "shortened runs (a data subset, or other epochs than the preset's): the paper's number is "
+    "shown for reference only, not compared"
+)
 STD_NOTE = (
     "Each run's figure is the mean test accuracy (%) of its last 10 epochs (the paper's "
     "protocol). A row gives the mean ± sample standard deviation (ddof = 1) of that figure over "
@@ -57,6 +62,8 @@ class TableRow:
         diff: `mean - paper`, or None without a paper number.
         true_noise_forget_runs: How many runs set the forget rate from the true noise rate.
         run_names: The run directory names, in run order.
+        shortened: Some run left its preset's data or schedule (summary `paper_protocol`
+            false): `diff` is then None.
     """
 
     preset: str
@@ -69,6 +76,7 @@ class TableRow:
     diff: float | None
     true_noise_forget_runs: int = 0
     run_names: list[str] = field(default_factory=list)
+    shortened: bool = False
 
     @property
     def n(self) -> int:
@@ -80,6 +88,8 @@ class TableRow:
         method = self.method
         if self.true_noise_forget_runs:
             method += f" {FORGET_RATE_MARK}"
+        if self.shortened:
+            method += f" {SHORTENED_MARK}"
         seeds = ", ".join("?" if s is None else str(s) for s in self.seeds)
         return [
             self.preset,
@@ -164,6 +174,9 @@ def build_rows(runs: list[Run]) -> list[TableRow]:
         mean = statistics.fmean(values)
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         paper = _paper(members)
+        shortened = paper is not None and any(
+            r.summary.get("paper_protocol") is False for r in members
+        )
         rows.append(
             TableRow(
                 preset=preset,
@@ -173,9 +186,10 @@ def build_rows(runs: list[Run]) -> list[TableRow]:
                 mean=mean,
                 std=std,
                 paper=paper,
-                diff=None if paper is None else mean - paper,
+                diff=None if paper is None or shortened else mean - paper,
                 true_noise_forget_runs=sum(forget_rate_is_true_noise(r) for r in members),
                 run_names=[r.name for r in members],
+                shortened=shortened,
             )
         )
     return rows
@@ -188,7 +202,8 @@ def footnotes(rows: list[TableRow]) -> list[str]:
         rows: The table rows.
 
     Returns:
-        The standard-deviation note, then the forget-rate note when a row needs it.
+        The standard-deviation note, then the forget-rate and shortened-run notes when a row
+        needs them.
     """
     notes = [STD_NOTE]
     partial = [r for r in rows if 0 < r.true_noise_forget_runs < r.n]
@@ -201,6 +216,8 @@ def footnotes(rows: list[TableRow]) -> list[str]:
             )
             note += f" ({detail})"
         notes.append(note + ".")
+    if any(r.shortened for r in rows):
+        notes.append(f"{SHORTENED_MARK} {SHORTENED_NOTE}.")
     return notes
 
 
