@@ -56,11 +56,8 @@ from asymco.errors import UserError
 from asymco.methods.base import Batch, EpochResults, Method, MethodSettings, zero_touch
 
 LN2 = math.log(2.0)
-CHOICES = {
-    "ood_target": ("flat", "drop"),
-    "js_target": ("smoothed", "onehot"),
-    "consistency_rule": ("argmax", "js"),
-}
+CHOICES = {"ood_target": ("flat", "drop"), "js_target": ("smoothed", "onehot"),
+           "consistency_rule": ("argmax", "js")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,9 +113,6 @@ class JoSRCSettings(MethodSettings):
                 raise UserError(f"method.{key} must be one of {allowed}")
 
 
-# ------------------------------------------------------------------------- pure functions
-
-
 def js_divergence(p: Tensor, q: Tensor) -> Tensor:
     """(B,) Jensen-Shannon divergence in base 2 of the rows of two (B, K) distributions, in
     [0, 1]; 0 * log 0 = 0, so one-hot rows are allowed."""
@@ -148,15 +142,8 @@ def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(1)
 
 
-def clean_threshold(
-    epoch: int,
-    robust_epoch: int,
-    *,
-    warmup: bool,
-    settings: JoSRCSettings,
-    ramp_epochs: int,
-    rise_epochs: int,
-) -> float:
+def clean_threshold(epoch: int, robust_epoch: int, *, warmup: bool, settings: JoSRCSettings,
+                    ramp_epochs: int, rise_epochs: int) -> float:
     """tau of this epoch: tau_clean * min(epoch / W_r, 1) in warmup (0 if it does not select),
     then tau_clean + (tau_max - tau_clean) * min(r / R, 1), r = 0-based robust epoch, with
     W_r = `ramp_epochs` and R = `rise_epochs`."""
@@ -194,9 +181,6 @@ def josrc_targets(
     samples, softmax(teacher / T) (nearly uniform) for OOD ones."""
     target = torch.where(id_noisy[:, None], teacher, smoothed)
     return torch.where(ood[:, None], F.softmax(teacher / temperature, dim=1), target)
-
-
-# ---------------------------------------------------------------------------- the method
 
 
 class JoSRC(Method):
