@@ -45,7 +45,7 @@ def test_presets_lists_every_paper_cell_and_quickstart(capsys):
     (["train", "--preset", "quickstart", "--set", "train.epochs=three"], ["train.epochs"]),
     (["train", "--preset", "quickstart", "--set", "train.epochs"], ["section.key=value"]),
     (["train", "--preset", "quickstart", "--set", "noise.rate=1.5"], ["noise.rate"]),
-    (["train", "--preset", "quickstart", "--set", "method.name=dividemix"], ["method"]),
+    (["train", "--preset", "quickstart", "--set", "method.name=unicon"], ["method"]),
     (["train", "--preset", "quickstart", "--set", "method.mining_gate=sometimes"],
      ["method.mining_gate", "per_batch"]),
     (["train", "--preset", "quickstart", "--set", "optim.lr_decay=cosine:1,2"], ["lr_decay"]),

@@ -380,7 +380,7 @@ def test_human_noise_labels_file_missing_or_corrupt(refused, tiny_cifar10):
         (["--set", "optim.lr_decay=junk"], ["optim.lr_decay", "not supported"]),
         (["--set", "train.progress=maybe"], ["train.progress", "true or false"]),
         (["--set", "data.loader=gpu"], ["data.loader", "device, pil", "'gpu'"]),
-        (["--set", "method.name=dividemix"], ["unknown method 'dividemix'", "act"]),
+        (["--set", "method.name=unicon"], ["unknown method 'unicon'", "act"]),
         (["--set", "model.name="], ["unknown model ''"]),
         (["--set", "model.num_outputs=1"], ["model.num_outputs must be > 1"]),
         (["--set", "train.threads=0"], ["train.threads"]),
