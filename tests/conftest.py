@@ -1,4 +1,5 @@
-"""Shared fixtures: where the real data lives, and whether missing data may skip."""
+"""Shared fixtures: where the real data lives, whether missing data may skip, and a run cut
+right after a mid-epoch checkpoint then resumed."""
 
 from __future__ import annotations
 
@@ -68,3 +69,32 @@ def no_network(monkeypatch: pytest.MonkeyPatch):
     yield attempts
     if attempts:
         pytest.fail(f"the test tried to reach the network: {attempts}")
+
+
+class _CutError(Exception):
+    pass
+
+
+@pytest.fixture
+def cut_and_resume(monkeypatch: pytest.MonkeyPatch):
+    """`cut_and_resume(cfg, out, epochs_done=E, step=S)` trains `cfg` into `out`, stops it right
+    after the checkpoint at step S of the epoch after E finished ones (as a crash there would),
+    then resumes it from that checkpoint to the end."""
+    from asymco import api
+    from asymco.engine import run
+
+    def train(cfg, out: Path, *, epochs_done: int, step: int) -> None:
+        original = run.save_checkpoint
+
+        def stop_there(path, **state):
+            original(path, **state)
+            if len(state["history"]) == epochs_done and state["step"] == step:
+                raise _CutError
+
+        monkeypatch.setattr(run, "save_checkpoint", stop_there)
+        with pytest.raises(_CutError):
+            api.train(cfg, out_dir=out)
+        monkeypatch.setattr(run, "save_checkpoint", original)
+        api.train(api.load_run_config(out), out_dir=out, resume=True)
+
+    return train

@@ -186,10 +186,6 @@ def test_two_process_run_agrees_with_itself_and_with_one_process(pair: Path, alo
     assert state["select_count"].shape == (1437,)
 
 
-class _StopError(Exception):
-    pass
-
-
 def _image_tree(root: Path) -> Path:
     from PIL import Image
 
@@ -203,11 +199,10 @@ def _image_tree(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("loader", ["device", "pil", "folder"])
-def test_mid_epoch_resume_is_exact_for_every_loader(tmp_path, monkeypatch, loader):
+def test_mid_epoch_resume_is_exact_for_every_loader(tmp_path, cut_and_resume, loader):
     """In-process: a run stopped right after a mid-epoch checkpoint and resumed equals an
     uninterrupted one, whichever loader feeds it (per-image pipelines in worker processes too)."""
     from asymco import api
-    from asymco.engine import run
 
     common = ["train.epochs=2", "train.warmup_epochs=1", "train.progress=false",
               "train.checkpoint_steps=3", "data.workers=2"]
@@ -218,18 +213,7 @@ def test_mid_epoch_resume_is_exact_for_every_loader(tmp_path, monkeypatch, loade
         cfg = api.resolve_config("quickstart", [*common, f"data.loader={loader}",
                                                 "data.subset=400"])
     api.train(cfg, out_dir=tmp_path / "full")
-    original = run.save_checkpoint
-
-    def stop_mid_epoch_1(path, **state):
-        original(path, **state)
-        if len(state["history"]) == 1 and state["step"] == 3:
-            raise _StopError
-
-    monkeypatch.setattr(run, "save_checkpoint", stop_mid_epoch_1)
-    with pytest.raises(_StopError):
-        api.train(cfg, out_dir=tmp_path / "cut")
-    monkeypatch.setattr(run, "save_checkpoint", original)
-    api.train(api.load_run_config(tmp_path / "cut"), out_dir=tmp_path / "cut", resume=True)
+    cut_and_resume(cfg, tmp_path / "cut", epochs_done=1, step=3)
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
     for name in ("label_issues.csv", "noisy_labels.npy"):
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
