@@ -17,9 +17,9 @@ from asymco.config_io import to_dict
 from asymco.data.loader import ArrayLoader, normalizer_for
 from asymco.data.pil_loader import PilLoader
 from asymco.data.sharding import BatchPlan
-from asymco.engine import loop
+from asymco.engine import loop, precision
 from asymco.engine.checkpoint import load_checkpoint
-from asymco.engine.precision import resolve_execution
+from asymco.engine.precision import cpu_has_native_bf16, resolve_execution
 from asymco.errors import UserError
 from asymco.methods.act import ACT
 
@@ -73,7 +73,7 @@ def test_every_sample_once_per_epoch_with_both_views(kind):
 
 def test_precision_resolution():
     cpu = torch.device("cpu")
-    assert resolve_execution(TrainConfig(), cpu).precision == "fp32"  # faithful on CPU
+    assert resolve_execution(TrainConfig(precision="fp32"), cpu).precision == "fp32"
     assert resolve_execution(TrainConfig(precision="bf16"), cpu).precision == "bf16"
     with pytest.raises(UserError, match="fp16"):
         resolve_execution(TrainConfig(precision="fp16"), cpu)
@@ -84,6 +84,31 @@ def test_auto_precision_is_bf16_on_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     exe = resolve_execution(TrainConfig(), torch.device("cuda"))
     assert exe.precision == "bf16" and exe.channels_last
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [
+        ("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n", True),  # AMD Zen 4
+        ("flags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n", True),  # Intel Sapphire Rapids
+        ("Features\t: fp asimd bf16 i8mm\n", True),  # Arm Neoverse V1
+        ("flags\t\t: fpu sse2 avx2 avx512f avx512bw\n", False),  # AVX-512 without BF16
+        ("model name\t: bf16 in a name is not a flag\nflags\t\t: fpu sse2\n", False),
+    ],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, cpuinfo, native):
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    assert cpu_has_native_bf16.__wrapped__(path) is native
+
+
+def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, tmp_path):
+    """auto = bf16 on a CPU with native bf16, fp32 on one without (or where it cannot tell)."""
+    cpu = torch.device("cpu")
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        assert resolve_execution(TrainConfig(), cpu).precision == expected
+    assert not cpu_has_native_bf16.__wrapped__(tmp_path / "missing")  # not Linux: fp32
 
 
 def _quick(tmp_path, *extra):

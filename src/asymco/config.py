@@ -206,8 +206,9 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar with the running figures."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Autocast precision of the training forward passes; `auto` = bf16 on CUDA, fp32 on CPU.
-    fp32 is the faithful reference; fp16 adds a gradient scaler."""
+    """Autocast precision of the training forward passes; `auto` = bf16 on CUDA and on CPUs
+    with native bf16 (AVX-512 BF16, AMX, Arm BF16), fp32 on other CPUs. fp32 is the faithful
+    reference (evaluation is fp32 either way, `eval_precision`); fp16 adds a gradient scaler."""
     channels_last: bool = True
     """Channels-last memory format for nets and images. Faster on GPUs, and on the 2-core CPU
     too (benchmarks/cpu_settings.py: 1.17x per ACT step, ~2x in evaluation)."""
