@@ -3,6 +3,7 @@
     cfg = resolve_config("cifar100n-sym20", ["train.epochs=10"])    # a preset, checked
     cfg = resolve_own_data("folder:photos/")                         # your own images
     result = train(cfg, out_dir="runs/x")                            # a run directory
+    results = train_pack([cfg1, cfg2], ["runs/a", "runs/b"])         # runs trained as one
     cfg = load_run_config("runs/x")                                  # its configuration
 
 The run itself (data, method, optimizer, loop, checkpoints, outputs) is `engine/run.py`.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,10 +25,14 @@ from asymco.config_io import apply_overrides, from_dict
 from asymco.engine.build import check_run
 from asymco.engine.device import resolve_device
 from asymco.engine.distributed import init_distributed, shutdown
+from asymco.engine.pack import pack_key, why_unpackable
+from asymco.engine.pack_run import build_member
+from asymco.engine.pack_run import train_pack as engine_train_pack
 from asymco.engine.precision import resolve_execution
-from asymco.engine.run import run_training
+from asymco.engine.run import Trained, run_training
 from asymco.engine.rundir import RunDir
 from asymco.errors import PreemptedError, UserError
+from asymco.methods import METHODS
 from asymco.own_data import choose_defaults, with_own_data
 from asymco.presets import get_preset
 
@@ -39,6 +45,7 @@ __all__ = [
     "resolve_config",
     "resolve_own_data",
     "train",
+    "train_pack",
 ]
 
 
@@ -107,7 +114,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
     started = time.perf_counter()
     check_run(cfg)
     if not resume:  # what the settings leave to the run, fixed now and written to config.yaml
-        cfg = dataclasses.replace(cfg, method=cfg.method.resolved(cfg.noise))
+        cfg = _fixed(cfg)
     dist, device_name = init_distributed(cfg.train.device)
     try:
         exe = resolve_execution(cfg.train, resolve_device(device_name))
@@ -129,6 +136,80 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         return RunResult(run.path, trained.summary, trained.history, trained.model)
     finally:
         shutdown(dist)
+
+
+def train_pack(
+    cfgs: Sequence[RunConfig],
+    out_dirs: Sequence[str | Path],
+    *,
+    resume: bool | Sequence[bool] = False,
+) -> list[RunResult]:
+    """Train several runs in this process as one batched model (a pack, `engine/pack.py`):
+    same data, network, method and schedule; each with its own seed, noise and run directory,
+    which ends up as `train` would have left it. `resume` (one flag, or one per run) continues
+    runs from their checkpoints; members that stand at different positions train as separate
+    packs.
+
+    Example:
+        >>> cfgs = [resolve_config("quickstart", [f"train.seed={s}"]) for s in (1, 2, 3)]
+        >>> results = train_pack(cfgs, [f"runs/pack/seed{s}" for s in (1, 2, 3)])
+    """
+    started = time.perf_counter()
+    resumes = [resume] * len(cfgs) if isinstance(resume, bool) else list(resume)
+    if not cfgs or len({len(cfgs), len(out_dirs), len(resumes)}) != 1:
+        raise UserError("a pack needs one run directory and one resume flag per configuration")
+    cfgs = [cfg if r else _fixed(cfg) for cfg, r in zip(cfgs, resumes, strict=True)]
+    check_pack(cfgs)
+    dist, device_name = init_distributed(cfgs[0].train.device)
+    try:
+        if dist.enabled:
+            raise UserError("packed runs train in one process; start them without torchrun")
+        exe = resolve_execution(cfgs[0].train, resolve_device(device_name))
+        runs = [
+            RunDir.prepare(Path(p), resume=r) for p, r in zip(out_dirs, resumes, strict=True)
+        ]
+        members = [
+            build_member(run, cfg, exe, resume=r)
+            for run, cfg, r in zip(runs, cfgs, resumes, strict=True)
+        ]
+        trained: dict[int, Trained] = {}
+        for group in _by_position(members):
+            done = engine_train_pack([members[i] for i in group], exe, started)
+            trained.update(zip(group, done, strict=True))
+        return [
+            RunResult(members[i].run.path, t.summary, t.history, t.model)
+            for i, t in sorted(trained.items())
+        ]
+    finally:
+        shutdown(dist)
+
+
+def check_pack(cfgs: Sequence[RunConfig]) -> None:
+    """Refuse runs that cannot train as one pack, naming why."""
+    for cfg in cfgs:
+        check_run(cfg)
+        reason = why_unpackable(cfg, METHODS.get(cfg.method.name))
+        if reason and len(cfgs) > 1:
+            raise UserError(f"{cfg.method.name} runs cannot be packed: {reason}")
+    if len({pack_key(cfg) for cfg in cfgs}) > 1:
+        raise UserError(
+            "runs in one pack must share data, network, method settings and schedule; only "
+            "the seed and the noise may differ"
+        )
+
+
+def _fixed(cfg: RunConfig) -> RunConfig:
+    """What the settings leave to the run, fixed before it starts (as `train` does)."""
+    return dataclasses.replace(cfg, method=cfg.method.resolved(cfg.noise))
+
+
+def _by_position(members: list) -> list[list[int]]:
+    """Members grouped by where they stand (a pack killed between two members' checkpoint
+    writes resumes as two packs, each exact)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, m in enumerate(members):
+        groups.setdefault((m.start.epoch, m.start.step), []).append(i)
+    return list(groups.values())
 
 
 def describe_run(summary: dict, run_dir: Path) -> str:

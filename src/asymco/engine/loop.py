@@ -98,13 +98,13 @@ def train_epochs(
                 method.set_phase(epoch, warmup=warmup)
             else:
                 method.on_epoch_start(epoch, warmup=warmup)
-                _training_pass(method, train_eval, exe)
+                training_pass(method, train_eval, exe)
             began = time.perf_counter()
-            epoch_run = _Epoch(method, optimizer, scaler, loader, exe, dist, epoch, resumed)
+            epoch_run = EpochRun(method, optimizer, scaler, loader, exe, dist, epoch, resumed)
             sums, visits = epoch_run.run(epochs, progress, checkpoint_steps, save, stop)
             seconds = time.perf_counter() - began
             row = dist.on_main(
-                partial(_epoch_row, method, sums, test, is_clean, optimizer, exe, epoch)
+                partial(epoch_row, method, sums, test, is_clean, optimizer, exe, epoch)
             )
             row.update(
                 epoch_seconds=round(seconds, 3),
@@ -122,7 +122,7 @@ def train_epochs(
     return history
 
 
-def _training_pass(method: Method, train_eval: EvalBatches, exe: Execution) -> None:
+def training_pass(method: Method, train_eval: EvalBatches, exe: Execution) -> None:
     """Hand the method the logits it asked for over the un-augmented training set."""
     names = method.training_pass_nets()
     if names:
@@ -141,11 +141,11 @@ def run_epoch(
 ) -> dict[str, Tensor]:
     """One whole pass in this process, without checkpoints or progress bar (benchmarks);
     returns the sums of the step figures."""
-    run = _Epoch(method, optimizer, scaler, loader, exe, ALONE, epoch, Position([]))
+    run = EpochRun(method, optimizer, scaler, loader, exe, ALONE, epoch, Position([]))
     return run.run(epoch + 1, False, 0, lambda position: None, StopSignal())[0]
 
 
-class _Epoch:
+class EpochRun:
     """One pass over the training set, possibly resumed at `start.step`. Figures stay device
     tensors until the epoch ends, so a GPU never waits for the host; only on a CPU (where
     reading is free) the progress bar shows them."""
@@ -201,21 +201,14 @@ class _Epoch:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             method.after_step()
-            self.visits[batch.index] += 1
-            bad_now = ~torch.isfinite(out["loss"].detach()) & (self.first_bad < 0)
-            self.first_bad = torch.where(
-                bad_now, torch.full_like(self.first_bad, step), self.first_bad
-            )
-            for key, value in out.items():
-                self.sums[key] = self.sums.get(key, 0) + value.detach().float()
-            self.sums["batches"] = self.sums.get("batches", 0) + 1
+            self.record(step, batch.index, out)
             if show and step % refresh == 0:
                 keys = method.progress_figures
                 batches.set_postfix({k: f"{v.item():.3g}" for k, v in out.items() if k in keys})
             done = step + 1
             if done < len(self.loader):  # the epoch's end has its own checkpoint, in `fit`
                 self._between_steps(done, checkpoint_steps, save, stop)
-        visits = self._agree()
+        visits = self.agree()
         sums = dict(self.sums)
         if self.dist.enabled:  # each figure: the mean over every rank's batches
             keys = sorted(sums)
@@ -225,18 +218,27 @@ class _Epoch:
             raise RuntimeError(f"epoch {self.epoch} visited samples {visits} times (min, max)")
         return sums, visits
 
+    def record(self, step: int, index: Tensor, out: dict[str, Tensor]) -> None:
+        """Count a finished step: its samples' visits, a non-finite loss, its figures."""
+        self.visits[index] += 1
+        bad_now = ~torch.isfinite(out["loss"].detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad_now, torch.full_like(self.first_bad, step), self.first_bad)
+        for key, value in out.items():
+            self.sums[key] = self.sums.get(key, 0) + value.detach().float()
+        self.sums["batches"] = self.sums.get("batches", 0) + 1
+
     def _between_steps(
         self, done: int, checkpoint_steps: int, save: Callable[[Position], None], stop: StopSignal
     ) -> None:
         """A mid-epoch checkpoint when one is due, or when the run is asked to stop."""
         stopping = stop.agreed(self.dist, done, self.exe.device)
         if stopping or (checkpoint_steps and done % checkpoint_steps == 0):
-            self._agree()
+            self.agree()
             save(Position(self.start.history, done, dict(self.sums)))
         if stopping:
             raise PreemptedError(self.epoch, done)
 
-    def _agree(self) -> tuple[int, int]:
+    def agree(self) -> tuple[int, int]:
         """Stop on a non-finite loss (before anything is saved), then make the per-sample state
         identical on every rank. Returns the fewest and most visits of any sample so far over
         all ranks (one device read per epoch or checkpoint)."""
@@ -253,7 +255,7 @@ class _Epoch:
         return fewest, most
 
 
-def _epoch_row(
+def epoch_row(
     method: Method,
     sums: dict[str, Tensor],
     test: EvalBatches,

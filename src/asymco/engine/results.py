@@ -70,6 +70,7 @@ def summarize(
     exe: Execution,
     loader: str,
     wall_seconds: float,
+    pack: int = 1,
 ) -> dict:
     """The final figures of a run; last-10 statistics as the paper reports them (ddof = 0)."""
     accs = np.array([row["test_acc"] for row in history])
@@ -102,6 +103,7 @@ def summarize(
             "channels_last": exe.channels_last,
             "compile": cfg.train.compile,
             "loader": loader,
+            "pack": pack,  # how many runs trained together as one batched model
         },
         "versions": _versions(),
     }

@@ -54,14 +54,14 @@ def run_training(
 ) -> Trained:
     """Train `cfg` into `run` (continuing its checkpoint with `resume`); `started` is the
     `time.perf_counter()` the run's wall time counts from."""
-    _set_up_process(cfg, dist)
+    set_up_process(cfg, dist)
     data = prepare_data(cfg.data, cfg.noise, workers=workers_for(cfg.data))
     method = build_method(cfg, data, exe, dist)
     optimizer, plans = build_optimizer(method, cfg)
-    pipe = _pipeline(cfg, data, exe, dist)
+    pipe = run_pipeline(cfg, data, exe, dist)
     if dist.is_main:  # only once the data is known to fit the model and the processes
         logger.info(describe_data(data, cfg.noise))
-    files = _RunFiles(run, cfg, dist, method, optimizer, data)
+    files = RunFiles(run, cfg, dist, method, optimizer, data)
     start = files.restore() if resume else files.first_files()
     history = train_epochs(
         method,
@@ -84,7 +84,7 @@ def run_training(
     return Trained(summary, history, method.eval_nets()[method.reported_net].eval())
 
 
-def _set_up_process(cfg: RunConfig, dist: Dist) -> None:
+def set_up_process(cfg: RunConfig, dist: Dist) -> None:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)  # the same on every rank: the nets start identical
@@ -96,7 +96,7 @@ def _set_up_process(cfg: RunConfig, dist: Dist) -> None:
         )
 
 
-def _pipeline(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) -> Pipeline:
+def run_pipeline(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) -> Pipeline:
     """This process's loaders: its share of each global batch, and the evaluation batches."""
     plan = BatchPlan(
         len(data.noisy_label), cfg.data.batch_size, cfg.train.seed, rank=dist.rank, world=dist.world
@@ -111,7 +111,7 @@ def _pipeline(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) -> Pi
     )
 
 
-class _RunFiles:
+class RunFiles:
     """What the run writes, and reads back on resume: config.yaml and the noisy labels first,
     the checkpoint (and metrics.jsonl, TensorBoard scalars) at every `Position` the loop hands
     over, label_issues.csv and summary.json at the end. Rank 0 writes; every rank contributes
@@ -186,7 +186,9 @@ class _RunFiles:
 
         self.dist.on_main(write)
 
-    def finish(self, history: list[dict], exe: Execution, pipe: Pipeline, started: float) -> dict:
+    def finish(
+        self, history: list[dict], exe: Execution, pipe: Pipeline, started: float, pack: int = 1
+    ) -> dict:
         """label_issues.csv and summary.json; returns the summary on every rank."""
         if self.scalars is not None:
             self.scalars.close()
@@ -211,6 +213,7 @@ class _RunFiles:
                 exe=exe,
                 loader=pipe.kind,
                 wall_seconds=wall,
+                pack=pack,
             )
             summary["distributed"] = {
                 "world_size": self.dist.world,

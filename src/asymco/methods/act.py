@@ -87,6 +87,7 @@ class ACTSettings(MethodSettings):
 class ACT(Method):
     Settings = ACTSettings
     reported_net = "rtm"
+    packable = True
     progress_figures = ("loss", "train_acc_rtm", "selected_share")
 
     settings: ACTSettings

@@ -95,6 +95,10 @@ class Method(Reporting, nn.Module):
     """The key of the net whose test accuracy is *the* result of a run."""
     progress_figures: ClassVar[tuple[str, ...]] = ("loss",)
     """Step figures the CPU progress bar shows."""
+    packable: ClassVar[bool] = False
+    """Whether runs of this method can train packed (`engine/pack.py`): its `training_step` is
+    a function of its tensors alone (no random draws, no Python branch on a tensor's value, no
+    data-dependent shapes) and it keeps no averaged nets. Checked by tests/test_pack.py."""
     paper_numbers: ClassVar[Mapping[str, float]] = {}
     """The ACT paper's number for this method, by preset (Tables 1-3), for the report."""
 

@@ -21,6 +21,7 @@ class StandardSettings(MethodSettings):
 class Standard(Method):
     Settings = StandardSettings
     reported_net = "net"
+    packable = True
     progress_figures = ("loss", "train_acc")
     # The ACT paper's Table 1 (CIFAR-100N sym20/80, asym40; CIFAR-80N sym20/80, asym40),
     # Table 2 (Web-Aircraft/Bird/Car) and Table 3 (Food-101N).

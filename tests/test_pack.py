@@ -1,0 +1,98 @@
+"""Packed runs (engine/pack.py, engine/pack_run.py): K runs trained as one batched model must
+be K runs. One packed step equals K separate steps; a packed run's directory is a plain run's;
+a killed pack resumes to the same figures."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from asymco import api
+from asymco.batch import Batch
+from asymco.config import RunConfig
+from asymco.data.pipeline import workers_for
+from asymco.data.prepare import prepare_data
+from asymco.engine.build import build_method, build_optimizer
+from asymco.engine.loop import ALONE
+from asymco.engine.pack import PackedModel, pack_key
+from asymco.engine.precision import resolve_execution
+from asymco.engine.run import run_pipeline
+from asymco.engine.seeding import seed_everything
+from asymco.errors import UserError
+from asymco.methods import METHODS
+
+PACKABLE = [name for name in METHODS.names() if METHODS.get(name).packable]
+QUICK = ["train.epochs=3", "train.warmup_epochs=1", "train.progress=false"]
+
+
+def _quick(seed: int, *extra: str, method: str = "act") -> RunConfig:
+    cfg = api.resolve_config("quickstart", [*QUICK, f"method.name={method}",
+                                            f"train.seed={seed}", "train.precision=fp32", *extra])
+    return api._fixed(cfg)
+
+
+def _member(cfg: RunConfig):
+    """A method, its optimizer and its first batch, built as a run builds them."""
+    seed_everything(cfg.train.seed)
+    data = prepare_data(cfg.data, cfg.noise, workers=workers_for(cfg.data))
+    exe = resolve_execution(cfg.train, torch.device("cpu"))
+    method = build_method(cfg, data, exe, ALONE)
+    optimizer, plans = build_optimizer(method, cfg)
+    loader = run_pipeline(cfg, data, exe, ALONE).loader
+    return method, optimizer, plans, loader, exe
+
+
+def _state(method) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in method.state_dict().items()}
+
+
+@pytest.mark.parametrize("method_name", PACKABLE)
+@pytest.mark.parametrize("warmup", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_one_packed_step_equals_separate_steps(method_name, warmup, dtype):
+    """Pack of 3 (different seeds: labels, inits and batches differ): after one step the
+    parameters, BN buffers, per-sample state, momentum and figures equal three plain steps.
+
+    In float64 to rounding (the same arithmetic). In fp32 the grouped convolutions sum in
+    another order, and a difference of 1e-7 can flip a ReLU or max-pool decision, which moves
+    that one gradient entry by O(lr * activation); the plain fp32 step differs from its own
+    float64 version in the same way. So in fp32 parameters get 1e-3 (and momentum, a gradient, 1e-2)."""
+    exact = dtype == torch.float64
+    members = [_member(_quick(seed, method=method_name)) for seed in (1, 2, 3)]
+    epoch = 0 if warmup else 1
+    batches = []
+    for method, optimizer, plans, loader, _ in members:
+        method.to(dtype)
+        for group in optimizer.param_groups:
+            group["lr"] = plans[group["net"]][epoch]
+        method.train()
+        method.on_epoch_start(epoch, warmup=warmup)
+        if not warmup and hasattr(method, "select_count"):  # some selection history
+            method.select_count.fill_(1)
+        batch = next(iter(loader.epoch(epoch, views=method.train_views())))
+        batches.append(Batch(batch.index, tuple(v.to(dtype) for v in batch.views), batch.label))
+    alone = [copy.deepcopy((m, o)) for m, o, *_ in members]  # the optimizer follows the copy
+    packed = PackedModel([m for m, *_ in members], [o for _, o, *_ in members])
+    out = packed.step(batches, members[0][-1])
+    packed.scatter()
+    close = {"atol": 1e-10 if exact else 1e-5, "rtol": 0}
+    weights = {"atol": 1e-10 if exact else 1e-3, "rtol": 0}
+    gradients = {"atol": 1e-10 if exact else 1e-2, "rtol": 0}  # momentum: lr^-1 x weights
+    for k, ((method, optimizer), batch) in enumerate(zip(alone, batches, strict=True)):
+        figures = method.training_step(batch)
+        optimizer.zero_grad(set_to_none=True)
+        figures["loss"].backward()
+        optimizer.step()
+        for key, value in figures.items():
+            assert torch.allclose(out[key][k].double(), value.double(), **close), key
+        params = {name for name, _ in method.named_parameters()}
+        expected, got = _state(method), _state(members[k][0])
+        for name in expected:
+            tol = weights if name in params else close  # buffers: BN statistics, per-sample
+            assert torch.allclose(got[name].double(), expected[name].double(), **tol), name
+        for p_alone, p_packed in zip(method.parameters(), members[k][0].parameters()):
+            momentum = optimizer.state[p_alone]["momentum_buffer"]
+            got = members[k][1].state[p_packed]["momentum_buffer"]
+            assert torch.allclose(got.double(), momentum.double(), **gradients)
