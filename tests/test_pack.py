@@ -58,7 +58,8 @@ def test_one_packed_step_equals_separate_steps(method_name, warmup, dtype):
     In float64 to rounding (the same arithmetic). In fp32 the grouped convolutions sum in
     another order, and a difference of 1e-7 can flip a ReLU or max-pool decision, which moves
     that one gradient entry by O(lr * activation); the plain fp32 step differs from its own
-    float64 version in the same way. So in fp32 parameters get 1e-3 (and momentum, a gradient, 1e-2)."""
+    float64 version in the same way. So in fp32 parameters get 1e-3 (momentum, a gradient,
+    1e-2)."""
     exact = dtype == torch.float64
     members = [_member(_quick(seed, method=method_name)) for seed in (1, 2, 3)]
     epoch = 0 if warmup else 1
@@ -92,7 +93,98 @@ def test_one_packed_step_equals_separate_steps(method_name, warmup, dtype):
         for name in expected:
             tol = weights if name in params else close  # buffers: BN statistics, per-sample
             assert torch.allclose(got[name].double(), expected[name].double(), **tol), name
-        for p_alone, p_packed in zip(method.parameters(), members[k][0].parameters()):
+        for p_alone, p_packed in zip(method.parameters(), members[k][0].parameters(), strict=True):
             momentum = optimizer.state[p_alone]["momentum_buffer"]
             got = members[k][1].state[p_packed]["momentum_buffer"]
             assert torch.allclose(got.double(), momentum.double(), **gradients)
+
+
+def _figures(history: list[dict]) -> list[dict]:
+    timing = {"epoch_seconds", "images_per_second", "eval_seconds"}
+    return [{k: v for k, v in row.items() if k not in timing} for row in history]
+
+
+def test_a_pack_of_one_is_a_plain_run(tmp_path):
+    cfg = _quick(1)
+    packed = api.train_pack([cfg], [tmp_path / "packed"])[0]
+    plain = api.train(cfg, out_dir=tmp_path / "plain")
+    assert _figures(packed.history) == _figures(plain.history)
+    for name in ("config.yaml", "noisy_labels.npy", "label_issues.csv"):
+        assert (tmp_path / "packed" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
+
+
+def test_a_packed_run_directory_is_a_plain_one(tmp_path):
+    """Same files, same config.yaml and noisy labels as the member trained alone, a summary
+    with the same keys; the member's checkpoint resumes as a plain run."""
+    cfgs = [_quick(seed) for seed in (1, 2)]
+    results = api.train_pack(cfgs, [tmp_path / "p1", tmp_path / "p2"])
+    plain = api.train(cfgs[1], out_dir=tmp_path / "plain")
+    packed_dir, plain_dir = tmp_path / "p2", tmp_path / "plain"
+    files = [sorted(p.name for p in d.iterdir()) for d in (packed_dir, plain_dir)]
+    assert files[0] == files[1]
+    for name in ("config.yaml", "noisy_labels.npy"):
+        assert (packed_dir / name).read_bytes() == (plain_dir / name).read_bytes()
+    assert results[1].summary.keys() == plain.summary.keys()
+    assert results[1].summary["execution"]["pack"] == 2 and plain.summary["execution"]["pack"] == 1
+    assert [r["epoch"] for r in results[1].history] == [0, 1, 2]
+    assert results[0].summary["test_acc_final"] > 60  # 3 epochs on digits at 40% noise learn
+    assert results[0].history != results[1].history  # two seeds, two runs
+
+
+def test_a_killed_pack_resumes_to_the_same_figures(tmp_path, monkeypatch):
+    """Stopped right after every member's mid-epoch checkpoint, the pack resumes and ends with
+    the figures of a pack that was never stopped."""
+    from asymco.engine import run
+
+    cfgs = [_quick(seed, "train.checkpoint_steps=10") for seed in (1, 2)]
+    whole = api.train_pack(cfgs, [tmp_path / "w1", tmp_path / "w2"])
+    original, saved = run.save_checkpoint, []
+
+    def stop_after_both(path, **state):
+        original(path, **state)
+        if (len(state["history"]), state["step"]) == (1, 20):
+            saved.append(path)
+            if len(saved) == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "save_checkpoint", stop_after_both)
+    outs = [tmp_path / "c1", tmp_path / "c2"]
+    with pytest.raises(KeyboardInterrupt):
+        api.train_pack(cfgs, outs)
+    monkeypatch.setattr(run, "save_checkpoint", original)
+    resumed = api.train_pack([api.load_run_config(o) for o in outs], outs, resume=True)
+    for a, b in zip(whole, resumed, strict=True):
+        assert _figures(a.history) == _figures(b.history)
+
+
+def test_a_pack_killed_between_its_members_checkpoints_still_finishes(tmp_path, monkeypatch):
+    """One member saved step 20, the other still stands at step 10: they resume as two packs
+    (here of one run each) and both finish their schedule."""
+    from asymco.engine import run
+
+    cfgs = [_quick(seed, "train.checkpoint_steps=10") for seed in (1, 2)]
+    original = run.save_checkpoint
+
+    def die_between(path, **state):
+        if (len(state["history"]), state["step"]) == (1, 20) and path.parent.name == "c2":
+            raise KeyboardInterrupt
+        original(path, **state)
+
+    monkeypatch.setattr(run, "save_checkpoint", die_between)
+    outs = [tmp_path / "c1", tmp_path / "c2"]
+    with pytest.raises(KeyboardInterrupt):
+        api.train_pack(cfgs, outs)
+    monkeypatch.setattr(run, "save_checkpoint", original)
+    resumed = api.train_pack([api.load_run_config(o) for o in outs], outs, resume=True)
+    assert [len(r.history) for r in resumed] == [3, 3]
+    assert all((o / "summary.json").is_file() for o in outs)
+
+
+def test_runs_that_cannot_share_a_pack_are_refused(tmp_path):
+    with pytest.raises(UserError, match="only the seed and the noise may differ"):
+        api.train_pack([_quick(1), _quick(2, "optim.lr=0.01")], [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(UserError, match="cannot be packed"):
+        api.train_pack([_quick(1, method="dividemix"), _quick(2, method="dividemix")],
+                       [tmp_path / "a", tmp_path / "b"])
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+    assert pack_key(_quick(1)) == pack_key(_quick(2, "noise.rate=0.2"))

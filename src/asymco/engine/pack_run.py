@@ -23,7 +23,7 @@ from asymco.data.pipeline import Pipeline, workers_for
 from asymco.data.prepare import NoisyData, describe_data, prepare_data
 from asymco.engine.build import build_method, build_optimizer
 from asymco.engine.checkpoint import Position
-from asymco.engine.loop import ALONE, EpochRun, epoch_row, training_pass
+from asymco.engine.loop import ALONE, EpochRun, epoch_row, train_epochs, training_pass
 from asymco.engine.pack import PackedModel
 from asymco.engine.precision import Execution
 from asymco.engine.run import RunFiles, Trained, run_pipeline, set_up_process
@@ -73,13 +73,36 @@ def train_pack(members: list[Member], exe: Execution, started: float) -> list[Tr
     at = {(m.start.epoch, m.start.step) for m in members}
     if len(at) != 1:
         raise RuntimeError(f"a pack's members must stand at one position, not {sorted(at)}")
-    histories = _PackLoop(members, exe).run()
+    if len(members) == 1:  # nothing to batch with: the plain loop, bit for bit a plain run
+        histories = [_train_alone(members[0], exe)]
+    else:
+        histories = _PackLoop(members, exe).run()
     trained = []
     for member, history in zip(members, histories, strict=True):
         summary = member.files.finish(history, exe, member.pipe, started, pack=len(members))
         model = member.method.eval_nets()[member.method.reported_net].eval()
         trained.append(Trained(summary, history, model))
     return trained
+
+
+def _train_alone(member: Member, exe: Execution) -> list[dict]:
+    m, t = member, member.cfg.train
+    return train_epochs(
+        m.method,
+        m.optimizer,
+        m.pipe.loader,
+        m.pipe.test,
+        train_eval=m.pipe.train_eval,
+        exe=exe,
+        plans=m.plans,
+        epochs=t.epochs,
+        warmup_epochs=t.warmup_epochs,
+        is_clean=None if m.data.is_clean is None else torch.from_numpy(m.data.is_clean),
+        start=m.start,
+        save=m.files.save,
+        checkpoint_steps=t.checkpoint_steps,
+        progress=t.progress,
+    )
 
 
 class _PackLoop:
@@ -92,10 +115,11 @@ class _PackLoop:
         self.histories = [m.start.history for m in members]
 
     def run(self) -> list[list[dict]]:
-        first = self.members[0].start
+        # Fixed now: `start.history` is the list the epochs append to.
+        first_epoch, first_step = self.members[0].start.epoch, self.members[0].start.step
         with StopSignal() as stop:
-            for epoch in range(first.epoch, self.cfg.epochs):
-                resumed = epoch == first.epoch and first.step > 0
+            for epoch in range(first_epoch, self.cfg.epochs):
+                resumed = epoch == first_epoch and first_step > 0
                 runs = self._start_epoch(epoch, resumed)
                 began = time.perf_counter()
                 self._steps(epoch, runs, stop)
