@@ -54,6 +54,35 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path, monkeypatch, capsy
     assert "2 of 2 runs complete" in capsys.readouterr().out
 
 
+def test_packed_sweep(tmp_path, capsys, monkeypatch):
+    """`--pack 2`: ACT's two seeds train as one pack, standard's two as another, DivideMix
+    (not packable) alone; killed in the middle, the same command finishes every run."""
+    def packed(*extra):
+        return main(["sweep", "--presets", "quickstart", "--methods", "act", "standard",
+                     "dividemix", "--seeds", "1", "2", "--out", str(tmp_path), *TINY,
+                     "--set", "train.epochs=2", "--pack", "2", *extra])
+
+    original = RunDir.write_metrics
+    calls = {"n": 0}
+
+    def interrupt(self, history):
+        original(self, history)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the ACT pack wrote its first epoch for both members
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunDir, "write_metrics", interrupt)
+    assert packed() == 130
+    monkeypatch.setattr(RunDir, "write_metrics", original)
+    assert packed() == 0
+    assert "6 of 6 runs complete" in capsys.readouterr().out
+    for method, size in (("act", 2), ("standard", 2), ("dividemix", 1)):
+        for seed in (1, 2):
+            summary = json.loads((tmp_path / f"quickstart/{method}/seed{seed}/summary.json")
+                                 .read_text())
+            assert summary["execution"]["pack"] == size and summary["epochs"] == 2
+
+
 def test_parallel_processes(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     assert sweep(tmp_path, "--parallel", "2") == 0
@@ -148,6 +177,8 @@ def test_the_sweep_does_not_import_the_command_line():
     (["--presets", "nope"], "unknown preset"),
     (["--presets", "quickstart", "--methods", "nope"], "unknown method"),
     (["--presets", "quickstart", "--parallel", "0"], "--parallel"),
+    (["--presets", "quickstart", "--pack", "0"], "--pack"),
+    (["--presets", "quickstart", "--pack", "2", "--parallel", "2"], "not both"),
 ])
 def test_bad_sweeps_are_refused(args, message, tmp_path, capsys):
     assert main(["sweep", *args, "--out", str(tmp_path)]) == 2

@@ -99,7 +99,7 @@ def _issues(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from asymco.sweep import check_parallel, plan, run_sweep
 
-    check_parallel(args.parallel)
+    check_parallel(args.parallel, args.pack)
     cells = plan(args.presets, args.methods, args.seeds)
     try:
         failed = run_sweep(
@@ -108,6 +108,7 @@ def _sweep(args: argparse.Namespace) -> int:
             overrides=args.set,
             data_dir=args.data_dir,
             parallel=args.parallel,
+            pack=args.pack,
         )
     except KeyboardInterrupt:
         print("asymco: sweep interrupted; run the same command to continue it", file=sys.stderr)
@@ -210,6 +211,14 @@ def _add_sweep(sweep: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="runs at a time, as separate processes (default 1: in this process)",
+    )
+    sweep.add_argument(
+        "--pack",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train up to K runs that share data, network, method and schedule together, as "
+        "one batched model (fills a GPU; each run keeps its own directory)",
     )
     sweep.set_defaults(func=_sweep)
 

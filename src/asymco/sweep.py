@@ -5,9 +5,10 @@ complete and skipped; one with a checkpoint but no summary was interrupted and i
 interrupted sweep continues where it stopped when the same command is run again.
 
 Runs are driven through the Python API (`asymco.api`), never through the command line: in this
-process one after another, or with `parallel` in that many worker processes that call the same
-function, each writing its output to `<sweep>/<preset>/<method>/seed<k>.log`. A run that fails
-is logged and counted, and the sweep goes on; Ctrl-C and SIGTERM stop the whole sweep (a run
+process one after another, with `pack` several at once as one batched model (`api.train_pack`),
+or with `parallel` in that many worker processes that call the same function, each writing its
+output to `<sweep>/<preset>/<method>/seed<k>.log`. A run (or pack) that fails is logged and
+counted, and the sweep goes on; Ctrl-C and SIGTERM stop the whole sweep (a run
 stopped by SIGTERM saves its checkpoint first).
 """
 
@@ -86,10 +87,17 @@ def plan(presets: list[str], methods: list[str], seeds: list[int]) -> list[Cell]
 
 
 def run_sweep(
-    cells: list[Cell], root: Path, *, overrides: list[str], data_dir: str | None, parallel: int = 1
+    cells: list[Cell],
+    root: Path,
+    *,
+    overrides: list[str],
+    data_dir: str | None,
+    parallel: int = 1,
+    pack: int = 1,
 ) -> list[Cell]:
-    """Run every incomplete cell (in this process one after another, or `parallel` worker
-    processes at a time). Returns the cells that failed.
+    """Run every incomplete cell (in this process one after another, `parallel` worker
+    processes at a time, or in packs of up to `pack` runs trained together). Returns the cells
+    that failed.
 
     KeyboardInterrupt and PreemptedError (SIGTERM) stop the sweep and propagate."""
     todo = [c for c in cells if not (c.run_dir(root) / "summary.json").is_file()]
@@ -102,12 +110,67 @@ def run_sweep(
     )
     if parallel > 1:
         return _run_processes(todo, root, overrides, data_dir, parallel)
+    groups = packs(todo, root, overrides, data_dir, pack) if pack > 1 else [[c] for c in todo]
     failed = []
-    for i, cell in enumerate(todo, 1):
-        logger.info("[%d/%d] %s", i, len(todo), cell)
-        if not run_cell(cell, root, overrides, data_dir):
-            failed.append(cell)
+    for i, group in enumerate(groups, 1):
+        logger.info("[%d/%d] %s", i, len(groups), " + ".join(map(str, group)))
+        if len(group) == 1:
+            ok = run_cell(group[0], root, overrides, data_dir)
+        else:
+            ok = run_pack(group, root, overrides, data_dir)
+        if not ok:
+            failed.extend(group)
     return failed
+
+
+def packs(
+    cells: list[Cell], root: Path, overrides: list[str], data_dir: str | None, size: int
+) -> list[list[Cell]]:
+    """The cells in packs of up to `size`: runs that can share a pack (`pack_key`, a packable
+    method) are put together, the rest train alone. A cell whose settings fail is left alone,
+    so it fails with its own message."""
+    from asymco.engine.pack import pack_key, why_unpackable
+    from asymco.methods import METHODS
+
+    together: dict[str, list[Cell]] = {}
+    alone = []
+    for cell in cells:
+        try:
+            cfg = cell.config(root, overrides, data_dir)
+        except UserError:
+            alone.append([cell])
+            continue
+        if why_unpackable(cfg, METHODS.get(cfg.method.name)):
+            alone.append([cell])
+        else:
+            together.setdefault(pack_key(cfg), []).append(cell)
+    chunks = [
+        group[i : i + size] for group in together.values() for i in range(0, len(group), size)
+    ]
+    return chunks + alone
+
+
+def run_pack(cells: list[Cell], root: Path, overrides: list[str], data_dir: str | None) -> bool:
+    """Train cells as one pack (new or interrupted, each as its directory says); False if it
+    failed. KeyboardInterrupt and PreemptedError propagate, as in `run_cell`."""
+    try:
+        cfgs = [cell.config(root, overrides, data_dir) for cell in cells]
+        for cell in cells:
+            cell.run_dir(root).parent.mkdir(parents=True, exist_ok=True)
+        results = api.train_pack(
+            cfgs, [c.run_dir(root) for c in cells], resume=[c.resumes(root) for c in cells]
+        )
+    except PreemptedError:
+        raise
+    except UserError as err:
+        logger.error("pack of %d (%s): %s", len(cells), cells[0], _one_line(err))
+        return False
+    except Exception as err:  # a crash in one pack must not lose the other runs
+        logger.error("pack of %d (%s): %s: %s", len(cells), cells[0], type(err).__name__, err)
+        return False
+    for result in results:
+        logger.info(api.describe_run(result.summary, result.run_dir))
+    return True
 
 
 def run_cell(cell: Cell, root: Path, overrides: list[str], data_dir: str | None) -> bool:
@@ -266,6 +329,12 @@ def _sigterm_raises(root: Path) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def check_parallel(parallel: int) -> None:
+def check_parallel(parallel: int, pack: int = 1) -> None:
     if parallel < 1:
         raise UserError("--parallel must be at least 1")
+    if pack < 1:
+        raise UserError("--pack must be at least 1")
+    if parallel > 1 and pack > 1:
+        raise UserError(
+            "use --parallel (several processes) or --pack (one batched process), not both"
+        )
