@@ -33,7 +33,7 @@ from asymco.data.sources import load_source
 from asymco.engine.device import resolve_device
 from asymco.engine.evaluate import accuracy
 from asymco.engine.loop import run_epoch
-from asymco.engine.precision import resolve_execution
+from asymco.engine.precision import auto_precision, cpu_has_native_bf16, resolve_execution
 from asymco.methods import create_method
 from asymco.methods.act import ACTSettings
 from asymco.models import create_model
@@ -160,9 +160,12 @@ def main() -> int:
         ips = time_training(step_loader, labels[:n_step], exe_p, device, args)
         result[f"step_{precision}_ips"] = round(ips, 1)
     result["bf16_speedup"] = round(result["step_bf16_ips"] / result["step_fp32_ips"], 2)
+    result["native_bf16"] = cuda or cpu_has_native_bf16()
+    result["auto_precision"] = auto_precision(device)
     print(
         f"ACT robust step, device loader: fp32 {result['step_fp32_ips']} img/s, bf16 "
-        f"{result['step_bf16_ips']} img/s ({result['bf16_speedup']}x)",
+        f"{result['step_bf16_ips']} img/s ({result['bf16_speedup']}x); native bf16 "
+        f"{result['native_bf16']}, so train.precision=auto is {result['auto_precision']}",
         file=sys.stderr,
     )
 
