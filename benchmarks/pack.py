@@ -45,31 +45,36 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def members(k: int, args: argparse.Namespace, steps: int) -> list:
+def members(
+    k: int, data_dir: str, steps: int, overrides: list[str], batch_size: int = 128
+) -> list:
     """K ACT runs on a CIFAR-100 subset just large enough for the timed steps."""
     out = []
     for seed in range(1, k + 1):
         cfg = api._fixed(api.resolve_config("cifar100n-sym20", [
-            f"train.seed={seed}", f"data.subset={128 * (steps + 2)}", "data.test_subset=128",
-            f"train.precision={args.precision}", f"train.device={args.device}",
-        ], data_dir=args.data_dir))
+            f"train.seed={seed}", f"data.subset={batch_size * (steps + 2)}",
+            "data.test_subset=256", f"data.batch_size={batch_size}", *overrides,
+        ], data_dir=data_dir))
         seed_everything(seed)
         data = prepare_data(cfg.data, cfg.noise, workers=workers_for(cfg.data))
-        exe = resolve_execution(cfg.train, resolve_device(args.device))
+        exe = resolve_execution(cfg.train, resolve_device(cfg.train.device))
         method = build_method(cfg, data, exe, ALONE)
         optimizer, _ = build_optimizer(method, cfg)
         method.train()
         method.on_epoch_start(1, warmup=False)  # a robust epoch: two views, selection
-        loader = run_pipeline(cfg, data, exe, ALONE).loader
-        out.append((method, optimizer, loader, exe))
+        pipe = run_pipeline(cfg, data, exe, ALONE)
+        out.append((method, optimizer, pipe.loader, exe, pipe.test))
     return out
 
 
-def measure(k: int, args: argparse.Namespace, steps: int) -> dict:
-    runs = members(k, args, steps)
+def measure(
+    k: int, data_dir: str, steps: int, overrides: list[str], batch_size: int = 128
+) -> dict:
+    """Images/s of `steps` ACT robust steps of K runs (plain for K = 1, packed else)."""
+    runs = members(k, data_dir, steps, overrides, batch_size)
     exe = runs[0][3]
     device = exe.device
-    streams = [iter(loader.epoch(1, views=m.train_views())) for m, _, loader, _ in runs]
+    streams = [iter(r[2].epoch(1, views=r[0].train_views())) for r in runs]
     if k == 1:
         method, optimizer = runs[0][0], runs[0][1]
 
@@ -94,7 +99,7 @@ def measure(k: int, args: argparse.Namespace, steps: int) -> dict:
         step([next(s) for s in streams])
     sync(device)
     seconds = time.perf_counter() - began
-    total = k * 128 * steps / seconds
+    total = k * batch_size * steps / seconds
     peak = (
         torch.cuda.max_memory_allocated(device) / 2**20
         if device.type == "cuda"
@@ -120,7 +125,8 @@ def main() -> int:
     cuda = resolve_device(args.device).type == "cuda"
     steps = args.steps or (30 if cuda else 4)
     if args.only is not None:
-        print(json.dumps(measure(args.only, args, steps)))
+        overrides = [f"train.precision={args.precision}", f"train.device={args.device}"]
+        print(json.dumps(measure(args.only, args.data_dir, steps, overrides)))
         return 0
     packs = args.packs or ([1, 2, 4, 8, 16, 32] if cuda else [1, 2, 4, 8])
     rows = []

@@ -5,6 +5,10 @@ a killed pack resumes to the same figures."""
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,3 +192,31 @@ def test_runs_that_cannot_share_a_pack_are_refused(tmp_path):
                        [tmp_path / "a", tmp_path / "b"])
     assert not (tmp_path / "a").exists()  # refused before anything was written
     assert pack_key(_quick(1)) == pack_key(_quick(2, "noise.rate=0.2"))
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_the_gpu_check_runs_end_to_end_in_dry_mode(shared_data, tmp_path):
+    """benchmarks/gpu_check.py --dry: every phase on the CPU at tiny sizes (checks, timing,
+    the Table-1 sweep in packs, the report), so the first GPU window is not spent on a typo.
+    Run twice: the second run continues (reads the finished phases, skips finished runs)."""
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+    cmd = [sys.executable, str(script), "--data-dir", str(shared_data), "--out", str(tmp_path),
+           "--dry", "--table1", "--seeds", "1"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads(first.stdout.strip().splitlines()[-1])
+    assert results["failed"] == []
+    assert results["checks"]["packed step"] == "passed"
+    assert results["checks"]["fp16+scaler"] == "skipped: needs CUDA"
+    assert results["timing"]["table1_projected_seconds"] > 0
+    assert "projected" in first.stderr
+    summaries = sorted(tmp_path.glob("table1/*/act/seed1/summary.json"))
+    assert len(summaries) == 2  # two cells in dry mode, trained as one pack
+    assert {json.loads(p.read_text())["execution"]["pack"] for p in summaries} == {2}
+    assert (tmp_path / "table1" / "report" / "report.md").is_file()
+    stamp = summaries[0].stat().st_mtime_ns
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert summaries[0].stat().st_mtime_ns == stamp  # finished runs are not redone
+    assert "2 of 2 runs complete" in again.stdout + again.stderr
