@@ -1,7 +1,7 @@
 """asymco: train image classifiers on noisily labelled data with Asymmetric Co-Training (ACT)."""
 
 from asymco._version import __version__
-from asymco.api import RunResult, load_run_config, resolve_config, train
+from asymco.api import RunResult, load_run_config, resolve_config, train, train_pack
 from asymco.data.noise import make_noisy_labels, transition_matrix
 from asymco.engine.evaluate import selection_scores
 from asymco.methods import create_method, list_methods
@@ -26,5 +26,6 @@ __all__ = [
     "resolve_config",
     "selection_scores",
     "train",
+    "train_pack",
     "transition_matrix",
 ]

@@ -83,6 +83,7 @@ class AGCE(RobustLossMethod):
     """One net trained with AGCE (or NCE + AGCE) on every sample (module docstring)."""
 
     Settings = AGCESettings
+    packable = True
     # The ACT paper's Tables 1-2 (see Standard.paper_numbers for the cells).
     paper_numbers: ClassVar[Mapping[str, float]] = {
         "cifar100n-sym20": 59.38,

@@ -202,6 +202,7 @@ class SmallLossPair(Method):
 
     Settings = SmallLossSettings
     reported_net = "net1"
+    packable = True
 
     settings: SmallLossSettings
 

@@ -69,6 +69,7 @@ class CoTeachingPlus(SmallLossPair):
     """Co-teaching+: the Co-teaching cross update restricted to the nets' disagreement set."""
 
     Settings = CoTeachingPlusSettings
+    packable = True
     settings: CoTeachingPlusSettings
     # The ACT paper's Tables 1-3, as `Standard.paper_numbers`.
     paper_numbers: ClassVar[Mapping[str, float]] = {

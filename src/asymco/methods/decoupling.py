@@ -67,6 +67,7 @@ class Decoupling(Method):
 
     Settings = DecouplingSettings
     reported_net = "net1"
+    packable = True
     progress_figures = ("loss", "disagree_fraction")
     # The ACT paper's Tables 1-3 (see Standard.paper_numbers for the cells).
     paper_numbers: ClassVar[Mapping[str, float]] = {

@@ -88,6 +88,7 @@ class JoCoR(SmallLossPair):
     """JoCoR: joint small-loss selection by supervised loss + co-regularisation (module doc)."""
 
     Settings = JoCoRSettings
+    packable = True
     settings: JoCoRSettings
     # The ACT paper's Tables 1-3, as `Standard.paper_numbers`.
     paper_numbers: ClassVar[Mapping[str, float]] = {
