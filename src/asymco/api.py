@@ -26,8 +26,7 @@ from asymco.engine.build import check_run
 from asymco.engine.device import resolve_device
 from asymco.engine.distributed import init_distributed, shutdown
 from asymco.engine.pack import pack_key, why_unpackable
-from asymco.engine.pack_run import build_member
-from asymco.engine.pack_run import train_pack as engine_train_pack
+from asymco.engine.pack_run import build_member, train_members
 from asymco.engine.precision import resolve_execution
 from asymco.engine.run import Trained, run_training
 from asymco.engine.rundir import RunDir
@@ -174,7 +173,7 @@ def train_pack(
         ]
         trained: dict[int, Trained] = {}
         for group in _by_position(members):
-            done = engine_train_pack([members[i] for i in group], exe, started)
+            done = train_members([members[i] for i in group], exe, started)
             trained.update(zip(group, done, strict=True))
         return [
             RunResult(members[i].run.path, t.summary, t.history, t.model)

@@ -117,7 +117,7 @@ def run_sweep(
         if len(group) == 1:
             ok = run_cell(group[0], root, overrides, data_dir)
         else:
-            ok = run_pack(group, root, overrides, data_dir)
+            ok = run_cells_packed(group, root, overrides, data_dir)
         if not ok:
             failed.extend(group)
     return failed
@@ -150,7 +150,9 @@ def packs(
     return chunks + alone
 
 
-def run_pack(cells: list[Cell], root: Path, overrides: list[str], data_dir: str | None) -> bool:
+def run_cells_packed(
+    cells: list[Cell], root: Path, overrides: list[str], data_dir: str | None
+) -> bool:
     """Train cells as one pack (new or interrupted, each as its directory says); False if it
     failed. KeyboardInterrupt and PreemptedError propagate, as in `run_cell`."""
     try:

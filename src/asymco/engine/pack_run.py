@@ -67,7 +67,7 @@ def build_member(run: RunDir, cfg: RunConfig, exe: Execution, *, resume: bool) -
     return member
 
 
-def train_pack(members: list[Member], exe: Execution, started: float) -> list[Trained]:
+def train_members(members: list[Member], exe: Execution, started: float) -> list[Trained]:
     """Train members that stand at the same position together to the end, then write each
     one's label_issues.csv and summary.json."""
     at = {(m.start.epoch, m.start.step) for m in members}

@@ -70,7 +70,7 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 def auto_precision(device: torch.device) -> str:
     """`train.precision=auto`: bf16 autocast on CUDA and on CPUs with native bf16 (measured
-    on this project's 2-core EPYC: 1.99x the fp32 ACT step, benchmarks/throughput.py), fp32
+    on this project's 2-core EPYC: 1.99x the fp32 training step, benchmarks/throughput.py), fp32
     elsewhere."""
     if device.type == "cuda":
         return "bf16"
