@@ -181,7 +181,7 @@ def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_checkpoint(tmp_pat
 def test_an_epoch_reads_the_device_once(tmp_path, monkeypatch):
     """Without a progress bar, figures are read from the device once per epoch, not per step."""
     calls = {"reads": 0, "in_epoch": False}
-    original_run = loop._Epoch.run
+    original_run = loop.EpochRun.run
 
     def counting(name):
         original = getattr(torch.Tensor, name)
@@ -201,6 +201,6 @@ def test_an_epoch_reads_the_device_once(tmp_path, monkeypatch):
 
     for name in ("item", "tolist", "__int__", "__float__", "__bool__"):
         counting(name)
-    monkeypatch.setattr(loop._Epoch, "run", tracked_run)
+    monkeypatch.setattr(loop.EpochRun, "run", tracked_run)
     _quick(tmp_path)
     assert calls["reads"] == 2  # one read per epoch (non-finite and visit checks), 23 batches each

@@ -199,7 +199,7 @@ def test_runs_that_cannot_share_a_pack_are_refused(tmp_path):
 def test_the_gpu_check_runs_end_to_end_in_dry_mode(shared_data, tmp_path):
     """benchmarks/gpu_check.py --dry: every phase on the CPU at tiny sizes (checks, timing,
     the Table-1 sweep in packs, the report), so the first GPU window is not spent on a typo.
-    Run twice: the second run continues (reads the finished phases, skips finished runs)."""
+    Run twice: the second run continues (reads the finished phases)."""
     script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
     cmd = [sys.executable, str(script), "--data-dir", str(shared_data), "--out", str(tmp_path),
            "--dry", "--table1", "--seeds", "1"]
@@ -215,8 +215,35 @@ def test_the_gpu_check_runs_end_to_end_in_dry_mode(shared_data, tmp_path):
     assert len(summaries) == 2  # two cells in dry mode, trained as one pack
     assert {json.loads(p.read_text())["execution"]["pack"] for p in summaries} == {2}
     assert (tmp_path / "table1" / "report" / "report.md").is_file()
-    stamp = summaries[0].stat().st_mtime_ns
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    # Run again (without the sweep, which tests/test_sweep.py checks for continuing): the
+    # finished phases are read back, not redone.
+    again = subprocess.run(cmd[:-3], capture_output=True, text=True, timeout=600, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert summaries[0].stat().st_mtime_ns == stamp  # finished runs are not redone
-    assert "2 of 2 runs complete" in again.stdout + again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["timing"] == results["timing"]
+
+
+def test_a_member_whose_loss_breaks_is_named(tmp_path, monkeypatch):
+    """One member's non-finite loss stops the pack with a sentence that names that run; every
+    member keeps its last good checkpoint."""
+    from asymco.engine import pack
+
+    original, calls = pack.PackedModel.step, {"n": 0}
+
+    def breaks_second(self, batches, exe):
+        out = original(self, batches, exe)
+        calls["n"] += 1
+        if calls["n"] == 30:  # in the second epoch
+            out["loss"] = out["loss"].detach().clone()
+            out["loss"][1] = float("nan")
+        return out
+
+    monkeypatch.setattr(pack.PackedModel, "step", breaks_second)
+    outs = [tmp_path / "first", tmp_path / "second"]
+    with pytest.raises(UserError, match=r"second: the training loss became non-finite"):
+        api.train_pack([_quick(1), _quick(2)], outs)
+    assert all((o / "checkpoint.pt").is_file() for o in outs)  # epoch 1's, kept
+
+
+def test_two_members_cannot_share_a_run_directory(tmp_path):
+    with pytest.raises(UserError, match="its own run directory"):
+        api.train_pack([_quick(1), _quick(2)], [tmp_path / "a", tmp_path / "b" / ".." / "a"])

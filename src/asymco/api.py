@@ -157,6 +157,9 @@ def train_pack(
     resumes = [resume] * len(cfgs) if isinstance(resume, bool) else list(resume)
     if not cfgs or len({len(cfgs), len(out_dirs), len(resumes)}) != 1:
         raise UserError("a pack needs one run directory and one resume flag per configuration")
+    paths = [Path(p).resolve() for p in out_dirs]
+    if len(set(paths)) < len(paths):
+        raise UserError("each run of a pack needs its own run directory")
     cfgs = [cfg if r else _fixed(cfg) for cfg, r in zip(cfgs, resumes, strict=True)]
     check_pack(cfgs)
     dist, device_name = init_distributed(cfgs[0].train.device)

@@ -29,7 +29,7 @@ from asymco.engine.precision import Execution
 from asymco.engine.run import RunFiles, Trained, run_pipeline, set_up_process
 from asymco.engine.rundir import RunDir
 from asymco.engine.stop import StopSignal
-from asymco.errors import PreemptedError
+from asymco.errors import PreemptedError, UserError
 from asymco.methods.base import Method
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,15 @@ def _train_alone(member: Member, exe: Execution) -> list[dict]:
         checkpoint_steps=t.checkpoint_steps,
         progress=t.progress,
     )
+
+
+def _agree(member: Member, run: EpochRun) -> tuple[int, int]:
+    """`EpochRun.agree`, with the run named when its loss became non-finite (every member's
+    last good checkpoint is kept)."""
+    try:
+        return run.agree()
+    except UserError as err:
+        raise UserError(f"{member.run.path}: {err}") from None
 
 
 class _PackLoop:
@@ -181,13 +190,13 @@ class _PackLoop:
     def _save_mid_epoch(self, runs: list[EpochRun], done: int) -> None:
         self.packed.scatter()
         for member, run in zip(self.members, runs, strict=True):
-            run.agree()
+            _agree(member, run)
             member.files.save(Position(run.start.history, done, dict(run.sums)))
 
     def _end_epoch(self, epoch: int, runs: list[EpochRun], seconds: float) -> None:
         self.packed.scatter()
         for member, run, history in zip(self.members, runs, self.histories, strict=True):
-            visits = run.agree()
+            visits = _agree(member, run)
             if visits != (1, 1):
                 raise RuntimeError(f"epoch {epoch} visited samples {visits} times (min, max)")
             began = time.perf_counter()
