@@ -83,6 +83,35 @@ def test_packed_sweep(tmp_path, capsys, monkeypatch):
             assert summary["execution"]["pack"] == size and summary["epochs"] == 2
 
 
+def test_a_failed_pack_trains_its_runs_one_at_a_time(tmp_path, capsys, monkeypatch):
+    """A damaged checkpoint in one member must not cost the other: the pack fails, then each run
+    continues alone; the damaged one fails with its own sentence."""
+    def packed():
+        return main(["sweep", "--presets", "quickstart", "--methods", "act", "--seeds", "1", "2",
+                     "--out", str(tmp_path), *TINY, "--set", "train.epochs=2", "--pack", "2"])
+
+    original = RunDir.write_metrics
+    calls = {"n": 0}
+
+    def interrupt(self, history):
+        original(self, history)
+        calls["n"] += 1
+        if calls["n"] == 2:  # both members wrote their first epoch
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunDir, "write_metrics", interrupt)
+    assert packed() == 130
+    monkeypatch.setattr(RunDir, "write_metrics", original)
+    damaged = tmp_path / "quickstart/act/seed2/checkpoint.pt"
+    damaged.write_bytes(b"not a checkpoint")
+    assert packed() == 1
+    err = capsys.readouterr().err
+    assert "1 runs failed (quickstart/act/seed2)" in err
+    healthy = json.loads((tmp_path / "quickstart/act/seed1/summary.json").read_text())
+    assert healthy["epochs"] == 2 and healthy["execution"]["pack"] == 1  # finished alone
+    assert not (tmp_path / "quickstart/act/seed2/summary.json").exists()
+
+
 def test_parallel_processes(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     assert sweep(tmp_path, "--parallel", "2") == 0

@@ -115,11 +115,12 @@ def run_sweep(
     for i, group in enumerate(groups, 1):
         logger.info("[%d/%d] %s", i, len(groups), " + ".join(map(str, group)))
         if len(group) == 1:
-            ok = run_cell(group[0], root, overrides, data_dir)
-        else:
-            ok = run_cells_packed(group, root, overrides, data_dir)
-        if not ok:
-            failed.extend(group)
+            failed += [] if run_cell(group[0], root, overrides, data_dir) else group
+        elif not run_cells_packed(group, root, overrides, data_dir):
+            # One member's problem (a damaged checkpoint, a diverging loss) must not cost the
+            # others: each continues alone from its own checkpoint, or fails on its own.
+            logger.warning("the pack failed; training its %d runs one at a time", len(group))
+            failed += [c for c in group if not run_cell(c, root, overrides, data_dir)]
     return failed
 
 

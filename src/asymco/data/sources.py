@@ -4,6 +4,7 @@ download) and scikit-learn's bundled digits. Each source returns a `Source` of u
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import zipfile
@@ -105,7 +106,19 @@ def _load_torchvision(name: str, root: Path, *, download: bool) -> Source:
 
 
 def load_npz(path: Path, name: str) -> Source:
-    """An .npz with x_train, y_train, x_test, y_test (uint8 NHWC images, integer labels)."""
+    """An .npz with x_train, y_train, x_test, y_test (uint8 NHWC images, integer labels).
+
+    Decoded once per process and file version: the runs of a pack (and a sweep's runs in one
+    process) share one read-only copy instead of decompressing CIFAR again for each."""
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise UserError(f"{path} is not a readable .npz archive ({err.strerror})") from None
+    return _load_npz(path, name, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_npz(path: Path, name: str, mtime_ns: int, size: int) -> Source:
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy under an .npz name
@@ -136,14 +149,15 @@ def load_npz(path: Path, name: str) -> Source:
         y = arrays[f"y_{split}"]
         if y.min() < 0 or y.max() >= num_classes:
             raise UserError(f"{path}: y_{split} must lie in [0, {num_classes}) for {name}")
-    return Source(
-        x_train=arrays["x_train"],
-        y_train=arrays["y_train"].astype(np.int64),
-        x_test=arrays["x_test"],
-        y_test=arrays["y_test"].astype(np.int64),
-        classes=cifar_class_names(name),
-        origin=f"npz {path}",
-    )
+    shared = {
+        "x_train": arrays["x_train"],
+        "y_train": arrays["y_train"].astype(np.int64),
+        "x_test": arrays["x_test"],
+        "y_test": arrays["y_test"].astype(np.int64),
+    }
+    for array in shared.values():
+        array.setflags(write=False)  # shared by every run of this process
+    return Source(**shared, classes=cifar_class_names(name), origin=f"npz {path}")
 
 
 def cifar_class_names(name: str) -> list[str]:
