@@ -16,6 +16,7 @@ import torch
 from asymco import api
 from asymco.batch import Batch
 from asymco.config import RunConfig
+from asymco.config_io import to_dict
 from asymco.data.pipeline import workers_for
 from asymco.data.prepare import prepare_data
 from asymco.engine.build import build_method, build_optimizer
@@ -247,3 +248,34 @@ def test_a_member_whose_loss_breaks_is_named(tmp_path, monkeypatch):
 def test_two_members_cannot_share_a_run_directory(tmp_path):
     with pytest.raises(UserError, match="its own run directory"):
         api.train_pack([_quick(1), _quick(2)], [tmp_path / "a", tmp_path / "b" / ".." / "a"])
+
+
+def test_sigterm_stops_a_pack_at_a_step_with_every_members_checkpoint(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from asymco.engine import pack
+    from asymco.engine.checkpoint import load_checkpoint
+    from asymco.errors import PreemptedError
+
+    original, calls = pack.PackedModel.step, {"n": 0}
+
+    def terminated(self, batches, exe):
+        calls["n"] += 1
+        if calls["n"] == 30:  # the scheduler's SIGTERM arrives in the second epoch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batches, exe)
+
+    monkeypatch.setattr(pack.PackedModel, "step", terminated)
+    outs = [tmp_path / "a", tmp_path / "b"]
+    with pytest.raises(PreemptedError):
+        api.train_pack([_quick(1), _quick(2)], outs)
+    positions = set()
+    for out in outs:
+        config = to_dict(api.load_run_config(out))
+        state = load_checkpoint(out / "checkpoint.pt", num_samples=1437, config=config)
+        positions.add((len(state["history"]), state["step"]))
+    assert positions == {(1, 30 - 23)}  # both members, right after the step that saw SIGTERM
+    monkeypatch.setattr(pack.PackedModel, "step", original)
+    resumed = api.train_pack([api.load_run_config(o) for o in outs], outs, resume=True)
+    assert [len(r.history) for r in resumed] == [3, 3]
