@@ -136,6 +136,20 @@ def test_a_packed_run_directory_is_a_plain_one(tmp_path):
     assert results[0].history != results[1].history  # two seeds, two runs
 
 
+def _cut_and_resume(monkeypatch, cfgs, root, save_checkpoint) -> list:
+    """Train `cfgs` as a pack into root/c1, c2, ... with `save_checkpoint` in place of the
+    engine's (it raises KeyboardInterrupt where the pack is cut), then resume the pack."""
+    from asymco.engine import run
+
+    original = run.save_checkpoint
+    outs = [root / f"c{i}" for i in range(1, len(cfgs) + 1)]
+    monkeypatch.setattr(run, "save_checkpoint", save_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        api.train_pack(cfgs, outs)
+    monkeypatch.setattr(run, "save_checkpoint", original)
+    return api.train_pack([api.load_run_config(o) for o in outs], outs, resume=True)
+
+
 def test_a_killed_pack_resumes_to_the_same_figures(tmp_path, monkeypatch):
     """Stopped right after every member's mid-epoch checkpoint, the pack resumes and ends with
     the figures of a pack that was never stopped."""
@@ -152,12 +166,7 @@ def test_a_killed_pack_resumes_to_the_same_figures(tmp_path, monkeypatch):
             if len(saved) == 2:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(run, "save_checkpoint", stop_after_both)
-    outs = [tmp_path / "c1", tmp_path / "c2"]
-    with pytest.raises(KeyboardInterrupt):
-        api.train_pack(cfgs, outs)
-    monkeypatch.setattr(run, "save_checkpoint", original)
-    resumed = api.train_pack([api.load_run_config(o) for o in outs], outs, resume=True)
+    resumed = _cut_and_resume(monkeypatch, cfgs, tmp_path, stop_after_both)
     for a, b in zip(whole, resumed, strict=True):
         assert _figures(a.history) == _figures(b.history)
 
@@ -175,14 +184,9 @@ def test_a_pack_killed_between_its_members_checkpoints_still_finishes(tmp_path, 
             raise KeyboardInterrupt
         original(path, **state)
 
-    monkeypatch.setattr(run, "save_checkpoint", die_between)
-    outs = [tmp_path / "c1", tmp_path / "c2"]
-    with pytest.raises(KeyboardInterrupt):
-        api.train_pack(cfgs, outs)
-    monkeypatch.setattr(run, "save_checkpoint", original)
-    resumed = api.train_pack([api.load_run_config(o) for o in outs], outs, resume=True)
+    resumed = _cut_and_resume(monkeypatch, cfgs, tmp_path, die_between)
     assert [len(r.history) for r in resumed] == [3, 3]
-    assert all((o / "summary.json").is_file() for o in outs)
+    assert all((tmp_path / c / "summary.json").is_file() for c in ("c1", "c2"))
 
 
 def test_runs_that_cannot_share_a_pack_are_refused(tmp_path):
