@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from asymco.durations import parse_duration
 from asymco.errors import UserError
 from asymco.lr_plan import parse_decay
 from asymco.registry import Registry
@@ -221,6 +222,14 @@ class TrainConfig:
     eval_precision: Literal["fp32", "train"] = "fp32"
     """Precision of evaluation (test accuracy, label_issues.csv): fp32 everywhere, so reported
     numbers do not depend on `precision`; `train` evaluates under the training autocast."""
+    budget: str | None = None
+    """Wall-time budget of the whole run, e.g. `15m`, `2h`, `1h30m`: before training, the
+    steps of each phase are timed (on throwaway copies of the nets), then the number of epochs
+    is chosen so the run ends within it, keeping the warmup share and the LR plan's shape.
+    config.yaml records the epochs chosen (a resume keeps them). None = `epochs` as given."""
+    budget_fill: bool = True
+    """With `budget`: true fills it (as many epochs as fit, more or fewer than `epochs`);
+    false stops at `epochs` when they take less (the own-data default on a CPU)."""
     sync_batchnorm: bool = True
     """With several GPU processes (torchrun), BatchNorm statistics over the whole global batch
     (SyncBatchNorm), as one process would compute them. CPU processes (gloo) cannot: there each
@@ -231,6 +240,8 @@ class TrainConfig:
         _check(self.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
         _check(self.threads is None or self.threads > 0, "train.threads", "must be positive")
         _check(self.checkpoint_steps >= 0, "train.checkpoint_steps", "must be >= 0")
+        if self.budget is not None:
+            parse_duration(self.budget)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -159,3 +159,25 @@ class LRPlan:
             warmup_lr=self.warmup_lr,
             decay=self.decay,
         )
+
+
+def rescale_decay(decay: str, *, epochs: int, new_epochs: int) -> str:
+    """`decay` for a run of `new_epochs` instead of `epochs` (a time budget's choice): every
+    epoch number in it scales by new_epochs / epochs, so the plan keeps its shape. `step` and
+    `step30` become the `step:` list of their scaled milestones; `constant` and `baseline`
+    (fixed milestones, no warmup) stay as they are."""
+    name, numbers = parse_decay(decay)
+    ratio = new_epochs / epochs
+
+    def scaled(epoch: float) -> int:
+        return max(0, round(epoch * ratio))
+
+    if name == "cosine":
+        start, end, stop = numbers
+        first = scaled(start)
+        return f"cosine:{first},{end:g},{max(first + 1, scaled(stop))}"
+    if name in ("constant", "baseline"):  # baseline: fixed epochs 60/120/150, no warmup
+        return decay
+    milestones, factor = step_schedule(numbers) if numbers else (_STEP_MILESTONES[name], 0.1)
+    points = sorted({scaled(m) for m in milestones})
+    return "step:" + ",".join(str(p) for p in points) + f",{factor:g}"

@@ -73,11 +73,6 @@ def choose_defaults(cfg: RunConfig) -> RunConfig:
     d = cfg.data
     n, side, channels = _survey(cfg)
     small = side <= 64
-    if d.dataset == "npz" and side not in (8, 32):
-        raise UserError(
-            f"npz images must be 32x32 (or 8x8) for the built-in CNNs, got {side}px; "
-            "save them as an image folder to train ResNet-50 on them"
-        )
     if small:
         model = "digits_cnn" if side == 8 else "cnn7"
         epochs, warmup = (100, 20) if n < 10_000 else (150, 50)

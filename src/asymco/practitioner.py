@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from asymco import api
+from asymco.data.arrays import as_uint8_images
 from asymco.label_issues import COLUMNS
 
 
@@ -55,7 +56,9 @@ def fit(
     """Train ACT on your data and return the robust model with the per-sample label table.
 
     Args:
-        images: (N, H, W, C) or (N, H, W) uint8 images (32x32 for the paper's CNN).
+        images: (N, H, W) or (N, H, W, C) images, C in {1, 3, 4}, uint8 or floats in [0, 1],
+            any side: up to 64 px they are padded or resized for the paper's CNN, larger ones
+            train an ImageNet ResNet-50 (see `asymco train --data npz:FILE`).
         labels: (N,) integer labels, possibly wrong.
         folder: Instead of arrays: an image folder `<folder>/<class>/<image>`.
         csv_file: Instead of arrays: a CSV with `path,label` columns.
@@ -109,8 +112,7 @@ def _save_arrays(run_dir: Path, images, labels, class_names) -> Path:
     images, labels = np.asarray(images), np.asarray(labels)
     if len(images) != len(labels):
         raise api.UserError(f"{len(images)} images but {len(labels)} labels")
-    if images.dtype != np.uint8:
-        raise api.UserError(f"images must be uint8 (N, H, W[, C]), got {images.dtype}")
+    images = as_uint8_images(images, "images=")  # floats in [0, 1] and RGBA are accepted
     if not np.issubdtype(labels.dtype, np.integer):
         raise api.UserError(f"labels must be integers, got {labels.dtype}")
     run_dir.mkdir(parents=True, exist_ok=True)

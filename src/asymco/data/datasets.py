@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from asymco.config import DataConfig
+from asymco.data.arrays import SMALL_SIDE, as_uint8_images, describe_fit, fit_to_side
 from asymco.data.folders import keep_good_images
 from asymco.data.layouts import (
     MAX_CLASSES,
@@ -129,8 +130,10 @@ def _split_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.n
 
 
 def _own_npz(path: Path, data: DataConfig) -> Source:
-    """x_train (N, H, W, C) uint8 and y_train (N,) integers; optional x_test/y_test (or a
-    separate `--test` .npz) and class_names (a string array)."""
+    """x_train (N, H, W[, C]) images and y_train (N,) integers; optional x_test/y_test (or a
+    separate `--test` .npz) and class_names (a string array). For the built-in CNNs
+    (`data.image_size` up to `SMALL_SIDE`) the images are brought to that square size here;
+    larger ones stay as they are, for the image-file route."""
     test_path = Path(data.test_root).expanduser() if data.test_root else None
     own = read_own_npz(path, test_path)
     x, y, x_test, y_test, ids = own.x, own.y, own.x_test, own.y_test, None
@@ -138,13 +141,19 @@ def _own_npz(path: Path, data: DataConfig) -> Source:
         train, test = _split_indices(y, data.holdout_fraction, data.subset_seed)
         x, x_test, y, y_test = x[train], x[test], y[train], y[test]
         ids = train
+    origin = f"npz {path}"
+    if data.image_size <= SMALL_SIDE:  # the CNN's in-memory route: one square size, up front
+        _, height, width, channels = x.shape
+        fitted = describe_fit(height, width, channels, data.image_size)
+        x, x_test = fit_to_side(x, data.image_size), fit_to_side(x_test, data.image_size)
+        origin += f" ({fitted})" if fitted else ""
     return Source(
         x,
         y,
         x_test,
         y_test,
         own.classes,
-        origin=f"npz {path}",
+        origin=origin,
         clean_known=False,
         train_ids=ids,
     )
@@ -152,7 +161,8 @@ def _own_npz(path: Path, data: DataConfig) -> Source:
 
 @dataclass(frozen=True)
 class OwnArrays:
-    """A user's .npz, checked: uint8 (N, H, W, C) images, int64 labels in [0, len(classes))."""
+    """A user's .npz, checked: uint8 (N, H, W, C) images with C in {1, 3}, int64 labels in
+    [0, len(classes))."""
 
     x: np.ndarray
     y: np.ndarray
@@ -226,22 +236,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _own_images(path: Path, arrays: dict[str, np.ndarray], key: str) -> np.ndarray:
-    x = arrays[key]
-    if x.ndim == 3:
-        x = x[..., None]  # (N, H, W) grayscale
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-        hint = (
-            "; scale the pixels to 0..255 and save them as uint8"
-            if x.dtype.kind in "fiub" and x.dtype != np.uint8
-            else ""
-        )
-        raise UserError(
-            f"{path}: {key} must be uint8 images (N, H, W) or (N, H, W, C) with "
-            f"1 or 3 channels, got {x.dtype} {x.shape}{hint}"
-        )
-    if len(x) == 0 or 0 in x.shape[1:3]:
-        raise UserError(f"{path}: {key} holds no images (shape {x.shape}); add some")
-    return x
+    return as_uint8_images(arrays[key], f"{path}: {key}")
 
 
 def _own_labels(path: Path, arrays: dict[str, np.ndarray], key: str, n: int) -> np.ndarray:

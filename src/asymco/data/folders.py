@@ -148,7 +148,8 @@ class FolderViewDataset(Dataset):
     them too.
 
     Args:
-        paths: (N,) image paths.
+        paths: (N,) image paths, or uint8 (N, H, W, C) images held in memory (a user's large
+            arrays), which are cropped and resized the same way.
         labels: (N,) int labels.
         train: Train pipeline (flip, random crop) or test pipeline (center crop).
         size: Output side in pixels.
@@ -170,7 +171,8 @@ class FolderViewDataset(Dataset):
     ) -> None:
         if size < 1 or resize < 1:
             raise ValueError(f"size and resize must be positive, got {size} and {resize}")
-        self.paths = np.asarray(paths, dtype=np.str_)
+        in_memory = isinstance(paths, np.ndarray) and paths.ndim == 4
+        self.paths = paths if in_memory else np.asarray(paths, dtype=np.str_)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.train, self.size, self.resize = train, size, resize
         self.views = views
@@ -183,6 +185,11 @@ class FolderViewDataset(Dataset):
 
     def load(self, index: int) -> Image.Image:
         """The RGB image at `index` (grey, palette, RGBA and CMYK images are converted)."""
+        if self.paths.ndim == 4:  # in memory: (H, W, C) uint8
+            pixels = self.paths[index]
+            return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).convert(
+                "RGB"
+            )
         ImageFile.LOAD_TRUNCATED_IMAGES = self.truncated_ok
         path = str(self.paths[index])
         try:

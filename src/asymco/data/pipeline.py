@@ -21,6 +21,7 @@ import torch
 from asymco.augment import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from asymco.batch import EvalBatches
 from asymco.config import DataConfig
+from asymco.data.arrays import SMALL_SIDE
 from asymco.data.datasets import FILE_DATASETS
 from asymco.data.folders import FolderLoader, folder_test_batches
 from asymco.data.loader import ArrayLoader, array_batches, normalizer_for, to_device_images
@@ -37,20 +38,27 @@ class Pipeline:
     train_eval: EvalBatches
     """The training images without augmentation, in order (for label_issues.csv)."""
     kind: str
-    """Which loader trains: `device`, `pil` or `files` (summary.json's execution.loader)."""
+    """Which loader trains: `device`, `pil`, `files` or `workers` (summary.json's
+    execution.loader)."""
 
 
 def loader_kind(d: DataConfig) -> str:
     """The training loader `d` asks for; a `data.loader` that cannot apply is refused (before
-    any data is loaded)."""
-    if d.dataset in FILE_DATASETS:
+    any data is loaded). `workers`: arrays for a backbone larger than the CNNs, cropped and
+    resized per image as image files are."""
+    large_arrays = d.dataset == "npz" and d.image_size > SMALL_SIDE
+    if d.dataset in FILE_DATASETS or large_arrays:
         if d.loader != "auto":
-            raise UserError(
-                f"data.loader={d.loader} applies to in-memory images (CIFAR, digits, npz); "
-                f"{d.dataset} images are files, always decoded by DataLoader workers: "
-                "leave data.loader at auto"
+            what = (
+                f"images at data.image_size={d.image_size} are cropped and resized per image"
+                if large_arrays
+                else f"{d.dataset} images are files, always decoded"
             )
-        return "files"
+            raise UserError(
+                f"data.loader={d.loader} applies to the built-in CNNs' in-memory images (CIFAR, "
+                f"digits, small npz); {what} by DataLoader workers: leave data.loader at auto"
+            )
+        return "workers" if large_arrays else "files"
     return "device" if d.loader == "auto" else d.loader
 
 
@@ -65,8 +73,8 @@ def make_pipeline(
 ) -> Pipeline:
     """The training loader and evaluation batches of `data`, on `device`."""
     kind = loader_kind(d)
-    eval_batch = d.eval_batch_size or (1024 if device.type == "cuda" else 128)
-    if kind == "files":  # decoded by workers, normalised with ImageNet statistics
+    eval_batch = eval_batch_size(d, device)
+    if kind in ("files", "workers"):  # per image in workers, normalised as ImageNet
         normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, memory_format)
         size = {"size": d.image_size, "resize": d.resize or d.image_size}
         files = {"workers": workers, "normalize": normalize, "device": device, **size}
@@ -74,9 +82,10 @@ def make_pipeline(
         def from_files(paths: np.ndarray, labels: np.ndarray) -> EvalBatches:
             return folder_test_batches(paths, labels, batch_size=eval_batch, **files)
 
-        loader = FolderLoader(data.paths, data.noisy_label, plan=plan, **files)
+        train = data.paths if kind == "files" else data.images
+        loader = FolderLoader(train, data.noisy_label, plan=plan, **files)
         test = from_files(data.test_images, data.test_label)
-        return Pipeline(loader, test, from_files(data.paths, data.noisy_label), kind)
+        return Pipeline(loader, test, from_files(train, data.noisy_label), kind)
     normalize = normalizer_for(data.images, d.normalize, device, memory_format)
     common = {"plan": plan, "device": device, "views": d.views, "normalize": normalize}
     if kind == "pil":
@@ -94,6 +103,10 @@ def make_pipeline(
 
     test = on_device(data.test_images, data.test_label)
     return Pipeline(loader, test, on_device(data.images, data.noisy_label), kind)
+
+
+def eval_batch_size(d: DataConfig, device: torch.device) -> int:
+    return d.eval_batch_size or (1024 if device.type == "cuda" else 128)
 
 
 def workers_for(d: DataConfig) -> int:

@@ -40,7 +40,8 @@ def check_run(cfg: RunConfig) -> None:
 def build_method(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) -> Method:
     """The method with freshly initialised nets, moved to the device; its training forwards
     wrapped in DDP (several processes) and torch.compile (`train.compile`)."""
-    channels = 3 if data.paths is not None else data.images.shape[-1]
+    # Images decoded per image in workers are RGB; in-memory CNN inputs keep their channels.
+    channels = 3 if loader_kind(cfg.data) in ("files", "workers") else data.images.shape[-1]
     model_options = {
         "cnn7": {"mlp_head": cfg.model.mlp_head},
         "resnet50": {"pretrained": cfg.model.pretrained, "weights": cfg.model.weights},

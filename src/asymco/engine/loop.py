@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from asymco.batch import Batch, EvalBatches
+from asymco.durations import format_duration
 from asymco.engine.checkpoint import Position
 from asymco.engine.distributed import Dist, sync_rows
 from asymco.engine.evaluate import accuracy, logits, score_judgement
@@ -81,10 +82,12 @@ def train_epochs(
     checkpoint_steps: int = 0,
     dist: Dist = ALONE,
     progress: bool = True,
+    eta: Callable[[list[dict]], float] | None = None,
 ) -> list[dict]:
     """Train from `start` to the end of epoch `epochs`; returns the full per-epoch history.
     `plans` holds each net's (optimizer group's) learning rate per epoch; `train_eval` is the
-    un-augmented training set, for methods that look at it before an epoch."""
+    un-augmented training set, for methods that look at it before an epoch; `eta` gives the
+    seconds the run has left after the epochs of a history (shown after each epoch)."""
     scaler = exe.make_scaler()
     history, first_epoch = start.history, start.epoch  # history grows, first_epoch stays
     with StopSignal() as stop:
@@ -101,6 +104,8 @@ def train_epochs(
                 training_pass(method, train_eval, exe)
             began = time.perf_counter()
             epoch_run = EpochRun(method, optimizer, scaler, loader, exe, dist, epoch, resumed)
+            if eta is not None:
+                epoch_run.note = f" (run left ~{format_duration(eta(history))})"
             sums, visits = epoch_run.run(epochs, progress, checkpoint_steps, save, stop)
             seconds = time.perf_counter() - began
             row = dist.on_main(
@@ -115,7 +120,8 @@ def train_epochs(
             )
             history.append(row)
             if dist.is_main:
-                logger.info(method.describe(row, epochs))
+                left = "" if eta is None else f" | run left ~{format_duration(eta(history))}"
+                logger.info(method.describe(row, epochs) + left)
             save(Position(history))
             if epoch + 1 < epochs and stop.agreed(dist, 0, exe.device):
                 raise PreemptedError(epoch + 1, 0)
@@ -129,6 +135,24 @@ def training_pass(method: Method, train_eval: EvalBatches, exe: Execution) -> No
         with exe.evaluation():
             nets = method.eval_nets()
             method.on_training_pass({name: logits(nets[name], train_eval) for name in names})
+
+
+def train_step(
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    exe: Execution,
+    batch: Batch,
+) -> dict[str, Tensor]:
+    """One optimisation step on `batch`; returns the method's step figures."""
+    with exe.autocast():
+        out = method.training_step(batch)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out["loss"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    method.after_step()
+    return out
 
 
 def run_epoch(
@@ -164,6 +188,8 @@ class EpochRun:
         self.method, self.optimizer, self.scaler = method, optimizer, scaler
         self.loader, self.exe, self.dist, self.epoch = loader, exe, dist, epoch
         self.start = start
+        self.note = ""
+        """Appended to the progress bar's description (the whole run's ETA)."""
         self.sums = {k: torch.as_tensor(v).to(exe.device) for k, v in start.sums.items()}
         self.first_bad = torch.full((), -1, dtype=torch.long, device=exe.device)
         # How often this rank trained on each sample this epoch: the rows it owns.
@@ -186,7 +212,7 @@ class EpochRun:
             ),
             total=len(self.loader),
             initial=self.start.step,
-            desc=f"epoch {self.epoch + 1}/{epochs}",
+            desc=f"epoch {self.epoch + 1}/{epochs}{self.note}",
             leave=False,
             disable=not (progress and self.dist.is_main),
             dynamic_ncols=True,
@@ -194,13 +220,7 @@ class EpochRun:
         show = progress and exe.device.type == "cpu"
         refresh = max(1, len(self.loader) // 10)
         for step, batch in enumerate(batches, start=self.start.step):
-            with exe.autocast():
-                out = method.training_step(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(out["loss"]).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            method.after_step()
+            out = train_step(method, self.optimizer, self.scaler, exe, batch)
             self.record(step, batch.index, out)
             if show and step % refresh == 0:
                 keys = method.progress_figures

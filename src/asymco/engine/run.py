@@ -16,7 +16,7 @@ from torch import nn
 
 from asymco.config import RunConfig
 from asymco.config_io import to_dict
-from asymco.data.pipeline import Pipeline, make_pipeline, workers_for
+from asymco.data.pipeline import Pipeline, eval_batch_size, make_pipeline, workers_for
 from asymco.data.prepare import NoisyData, describe_data, prepare_data
 from asymco.data.sharding import BatchPlan
 from asymco.engine.build import build_method, build_optimizer
@@ -36,6 +36,13 @@ from asymco.engine.results import save_label_issues, summarize
 from asymco.engine.rundir import RunDir
 from asymco.engine.seeding import seed_everything
 from asymco.engine.tensorboard import ScalarLog
+from asymco.engine.timing import (
+    StepTimes,
+    describe_plan,
+    fit_budget,
+    measure_steps,
+    remaining_seconds,
+)
 from asymco.methods.base import Method
 
 logger = logging.getLogger(__name__)
@@ -56,6 +63,9 @@ def run_training(
     `time.perf_counter()` the run's wall time counts from."""
     set_up_process(cfg, dist)
     data = prepare_data(cfg.data, cfg.noise, workers=workers_for(cfg.data))
+    times = measure_run(cfg, data, exe, dist)
+    if cfg.train.budget and not resume:
+        cfg = fit_budget(cfg, times, time.perf_counter() - started)
     method = build_method(cfg, data, exe, dist)
     optimizer, plans = build_optimizer(method, cfg)
     pipe = run_pipeline(cfg, data, exe, dist)
@@ -63,6 +73,10 @@ def run_training(
         logger.info(describe_data(data, cfg.noise))
     files = RunFiles(run, cfg, dist, method, optimizer, data)
     start = files.restore() if resume else files.first_files()
+    if dist.is_main:
+        chosen = bool(cfg.train.budget) and not resume
+        logger.info(describe_plan(cfg, times, first_epoch=start.epoch, chosen=chosen))
+    t = cfg.train
     history = train_epochs(
         method,
         optimizer,
@@ -79,9 +93,28 @@ def run_training(
         checkpoint_steps=cfg.train.checkpoint_steps,
         dist=dist,
         progress=cfg.train.progress,
+        eta=lambda history: remaining_seconds(times, history, t.epochs, t.warmup_epochs),
     )
     summary = files.finish(history, exe, pipe, started)
     return Trained(summary, history, method.eval_nets()[method.reported_net].eval())
+
+
+def measure_run(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) -> StepTimes:
+    """The step and evaluation times of `cfg` on `data`, from throwaway nets and loaders."""
+
+    def build() -> tuple[Method, torch.optim.Optimizer, Pipeline]:
+        method = build_method(cfg, data, exe, dist)
+        return method, build_optimizer(method, cfg)[0], run_pipeline(cfg, data, exe, dist)
+
+    size = eval_batch_size(cfg.data, exe.device)
+    return measure_steps(
+        build,
+        exe,
+        dist,
+        epochs=cfg.train.epochs,
+        warmup_epochs=cfg.train.warmup_epochs,
+        eval_batches=(-(-len(data.test_label) // size), -(-len(data.noisy_label) // size)),
+    )
 
 
 def set_up_process(cfg: RunConfig, dist: Dist) -> None:

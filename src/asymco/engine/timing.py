@@ -1,0 +1,235 @@
+"""How long a run will take, measured before it trains, and the epochs a time budget allows.
+
+Before the first epoch a run times a few real training steps of each phase (warmup, then the
+method's main phase, which may cost several times more) and a few evaluation batches, on
+throwaway copies of its nets and loaders. The random-number generators are restored afterwards,
+so a run trains bit for bit as it would without the measurement. From these times come the
+plan line with its ETA, the whole run's ETA shown after every epoch, and, with `train.budget`,
+the number of epochs (`fit_budget`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+
+import numpy as np
+import torch
+
+from asymco.config import RunConfig
+from asymco.data.pipeline import Pipeline
+from asymco.durations import format_duration, parse_duration
+from asymco.engine.distributed import Dist
+from asymco.engine.loop import train_step, training_pass
+from asymco.engine.precision import Execution
+from asymco.errors import UserError
+from asymco.lr_plan import rescale_decay
+from asymco.methods.base import Method
+
+logger = logging.getLogger(__name__)
+
+TIMED_STEPS = 2
+"""Steps timed per phase, after one untimed step (lazy initialisation, caches, compilation)."""
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Seconds per training step of each phase, and per epoch outside the steps."""
+
+    warmup_step: float
+    main_step: float
+    epoch_extra: float
+    """Evaluation on the test set (and a method's pass over the training set) per epoch."""
+    final_extra: float
+    """The end of the run: predictions over the training set for label_issues.csv."""
+    steps: int
+    """Steps per epoch."""
+
+    def epoch_seconds(self, warmup: bool) -> float:
+        step = self.warmup_step if warmup else self.main_step
+        return self.steps * step + self.epoch_extra
+
+    def run_seconds(self, epochs: int, warmup_epochs: int, first_epoch: int = 0) -> float:
+        """Seconds from the start of `first_epoch` to the end of the run."""
+        warm = max(0, min(warmup_epochs, epochs) - first_epoch)
+        main = max(0, epochs - max(warmup_epochs, first_epoch))
+        return warm * self.epoch_seconds(True) + main * self.epoch_seconds(False) + self.final_extra
+
+
+@contextmanager
+def rng_untouched(device: torch.device) -> Iterator[None]:
+    """Run the body without moving any global random generator (python, numpy, torch)."""
+    py, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+    random.setstate(py)
+    np.random.set_state(numpy_state)
+
+
+def measure_steps(
+    build: Callable[[], tuple[Method, torch.optim.Optimizer, Pipeline]],
+    exe: Execution,
+    dist: Dist,
+    *,
+    epochs: int,
+    warmup_epochs: int,
+    eval_batches: tuple[int, int],
+) -> StepTimes:
+    """Time the phases on what `build` makes (fresh nets, optimizer, loaders). `eval_batches`:
+    the number of evaluation batches of one pass over the test set and the training set."""
+    with rng_untouched(exe.device):
+        method, optimizer, pipe = build()
+        scaler = exe.make_scaler()
+        steps = len(pipe.loader)
+        phases = [(0, True)] if warmup_epochs > 0 else []
+        phases += [(warmup_epochs, False)] if warmup_epochs < epochs else []
+        per_step = {
+            warm: _time_phase(method, optimizer, scaler, pipe, exe, epoch, warm)
+            for epoch, warm in phases
+        }
+        nets = len(method.eval_nets())
+        per_batch, pass_seconds = _time_evaluation(method, pipe, exe, eval_batches[1])
+        del method, optimizer, pipe, scaler
+    gc.collect()
+    if exe.device.type == "cuda":
+        torch.cuda.empty_cache()
+    figures = torch.tensor(
+        [per_step.get(True, 0.0), per_step.get(False, 0.0), per_batch, pass_seconds],
+        dtype=torch.float64,
+    )
+    if dist.enabled:  # every process must choose the same epochs: the mean of their times
+        figures = dist.global_sum(figures.to(exe.device)).cpu() / dist.world
+    warm, main, per_batch, pass_seconds = figures.tolist()
+    test, train = eval_batches
+    return StepTimes(
+        warmup_step=warm or main,
+        main_step=main or warm,
+        epoch_extra=per_batch * test + pass_seconds,
+        final_extra=per_batch / max(1, nets) * train,  # the reported net alone
+        steps=steps,
+    )
+
+
+def _time_phase(
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    pipe: Pipeline,
+    exe: Execution,
+    epoch: int,
+    warmup: bool,
+) -> float:
+    """Seconds per step of `epoch` (after one untimed step), its data loading included."""
+    method.train()
+    method.on_epoch_start(epoch, warmup=warmup)
+    if method.training_pass_nets():
+        training_pass(method, pipe.train_eval, exe)
+    batches = pipe.loader.epoch(epoch, views=method.train_views())
+    taken = list(islice(batches, 1 + TIMED_STEPS))
+    train_step(method, optimizer, scaler, exe, taken[0])
+    _synchronize(exe)
+    began = time.perf_counter()
+    for batch in taken[1:]:
+        train_step(method, optimizer, scaler, exe, batch)
+    _synchronize(exe)
+    timed = len(taken) - 1
+    return (time.perf_counter() - began) / timed if timed else 0.0
+
+
+def _time_evaluation(
+    method: Method, pipe: Pipeline, exe: Execution, train_batches: int
+) -> tuple[float, float]:
+    """(seconds per test batch for all of the method's nets, seconds of the method's pass over
+    the training set per epoch, 0 without one)."""
+    nets = method.eval_nets()
+    with exe.evaluation():
+        for net in nets.values():
+            net.eval()
+        # Loading counts: a file loader starts its workers on every pass.
+        began = time.perf_counter()
+        count = 0
+        with torch.no_grad():
+            for images, _ in islice(pipe.test(), 1 + TIMED_STEPS):
+                count += 1
+                for net in nets.values():
+                    net(images)
+        _synchronize(exe)
+    per_batch = (time.perf_counter() - began) / max(1, count)
+    passes = len(method.training_pass_nets())
+    return per_batch, per_batch / max(1, len(nets)) * passes * train_batches
+
+
+def _synchronize(exe: Execution) -> None:
+    if exe.device.type == "cuda":
+        torch.cuda.synchronize(exe.device)
+
+
+def remaining_seconds(
+    times: StepTimes, history: list[dict], epochs: int, warmup_epochs: int
+) -> float:
+    """Seconds left after the epochs in `history`: each phase at the mean of its finished
+    epochs where there are some, else at the measured estimate."""
+    done = len(history)
+    left = 0.0
+    for warm in (True, False):
+        seen = [
+            row["epoch_seconds"] + row.get("eval_seconds", 0.0)
+            for row in history
+            if (row["epoch"] < warmup_epochs) == warm
+        ]
+        per_epoch = sum(seen) / len(seen) if seen else times.epoch_seconds(warm)
+        todo = range(done, epochs)
+        left += per_epoch * sum((e < warmup_epochs) == warm for e in todo)
+    return left + times.final_extra
+
+
+def fit_budget(cfg: RunConfig, times: StepTimes, spent: float) -> RunConfig:
+    """`cfg` with the epochs its `train.budget` allows, `spent` seconds already gone; the warmup
+    share and the LR plan's shape are kept."""
+    t = cfg.train
+    budget = parse_duration(t.budget)
+    share = t.warmup_epochs / t.epochs
+    mean_epoch = share * times.epoch_seconds(True) + (1 - share) * times.epoch_seconds(False)
+    left = budget - spent - times.final_extra
+    epochs = int(left // mean_epoch) if mean_epoch > 0 else t.epochs
+    least = 2 if t.warmup_epochs else 1
+    if epochs < least:
+        need = spent + times.final_extra + least * mean_epoch
+        raise UserError(
+            f"train.budget={t.budget} is too short: {least} epoch(s) take about "
+            f"{format_duration(need)} here, setup included; give at least that, or train on "
+            "fewer images (data.subset)"
+        )
+    if not t.budget_fill:
+        epochs = min(epochs, t.epochs)
+    warmup = min(max(1, round(epochs * share)), epochs - 1) if t.warmup_epochs else 0
+    decay = rescale_decay(cfg.optim.lr_decay, epochs=t.epochs, new_epochs=epochs)
+    return dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(t, epochs=epochs, warmup_epochs=warmup),
+        optim=dataclasses.replace(cfg.optim, lr_decay=decay),
+    )
+
+
+def describe_plan(cfg: RunConfig, times: StepTimes, *, first_epoch: int, chosen: bool) -> str:
+    """The plan line a run prints before it trains: its epochs, step times and ETA."""
+    t = cfg.train
+    why = f" to fit train.budget={t.budget}" if chosen else ""
+    seconds = times.run_seconds(t.epochs, t.warmup_epochs, first_epoch)
+    finish = time.strftime("%H:%M", time.localtime(time.time() + seconds))
+    steps = f"{times.steps} steps/epoch at {times.warmup_step:.3g}s"
+    if 0 < t.warmup_epochs < t.epochs:
+        steps += f" (warmup), {times.main_step:.3g}s (after warmup)"
+    start = f", from epoch {first_epoch + 1}" if first_epoch else ""
+    return (
+        f"plan: {t.epochs} epochs ({t.warmup_epochs} warmup){why}{start} | {steps}, "
+        f"{times.epoch_extra:.3g}s evaluation per epoch | ETA {format_duration(seconds)} "
+        f"(about {finish})"
+    )
