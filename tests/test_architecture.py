@@ -253,10 +253,11 @@ _UNDER_API = (
 # The first group whose members match a module is its group.
 GROUPS: dict[str, Group] = {
     # Leaves everyone may use: errors, the registry, atomic files, the batch type, the LR-plan
-    # grammar, image ops.
+    # grammar, durations, image ops.
     "foundation": Group(
         (
             "asymco._version",
+            "asymco.durations",
             "asymco.errors",
             "asymco.registry",
             "asymco.files",

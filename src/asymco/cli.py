@@ -39,6 +39,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         _check_out(args.out)
+    if args.budget is not None:  # a budget asked for on the command line is filled
+        args.set = [*args.set, f"train.budget={args.budget}", "train.budget_fill=true"]
     if args.resume:
         if args.out is None:
             raise UserError("--resume needs --out pointing at the run directory to continue")
@@ -46,7 +48,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.preset or args.set or args.data_dir or args.data or args.test:
             raise UserError(
                 "--resume continues the run with its saved configuration; "
-                "drop --preset, --set, --data and --data-dir"
+                "drop --preset, --set, --budget, --data and --data-dir"
             )
     elif args.data:
         cfg = api.resolve_own_data(args.data, args.test, args.set, preset=args.preset)
@@ -189,6 +191,12 @@ def _add_train(train: argparse.ArgumentParser) -> None:
         "--out", help="run directory (default: runs/<preset>-<method>-s<seed>-<time>)"
     )
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument(
+        "--budget",
+        metavar="TIME",
+        help="finish within about this long, e.g. 15m, 2h, 1h30m: the epochs are chosen from "
+        "step times measured before training (train.budget)",
+    )
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     train.set_defaults(func=_train)
 

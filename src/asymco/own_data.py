@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from asymco.config import RunConfig
 from asymco.errors import UserError
@@ -18,6 +19,9 @@ from asymco.errors import UserError
 logger = logging.getLogger(__name__)
 
 KINDS = ("folder", "csv", "npz")
+CPU_BUDGET = "15m"
+"""The own-data default's time budget on a CPU (`train.budget`, not filled: fewer epochs
+only when the size-based schedule would take longer)."""
 
 
 def parse_spec(spec: str, *, flag: str = "--data") -> tuple[str, str]:
@@ -94,16 +98,27 @@ def choose_defaults(cfg: RunConfig) -> RunConfig:
         optim = dataclasses.replace(
             cfg.optim, lr=0.005, warmup_lr=0.005, lr_decay=f"cosine:{warmup},5e-5,{epochs}"
         )
+    # On a CPU the answer should come within the quarter hour; small data finishes sooner.
+    on_cpu = cfg.train.device == "cpu" or (
+        cfg.train.device == "auto" and not torch.cuda.is_available()
+    )
+    budget = {"budget": CPU_BUDGET, "budget_fill": False} if on_cpu else {}
     cfg = dataclasses.replace(
         cfg,
         data=data,
         optim=optim,
         model=dataclasses.replace(cfg.model, name=model),
-        train=dataclasses.replace(cfg.train, epochs=epochs, warmup_epochs=warmup),
+        train=dataclasses.replace(cfg.train, epochs=epochs, warmup_epochs=warmup, **budget),
+    )
+    held = (
+        f", held to about {CPU_BUDGET} on this CPU (a longer schedule may be better: "
+        f"--budget 1h, or --set train.budget=null for all {epochs} epochs)"
+        if on_cpu
+        else ""
     )
     logger.info(
         "your data: %d training images, typical side %d px -> model %s at %d px, batch %d, "
-        "%d epochs (%d warmup), lr %g; override any of these with --set",
+        "up to %d epochs (%d warmup)%s, lr %g; override any of these with --set",
         n,
         side,
         model,
@@ -111,6 +126,7 @@ def choose_defaults(cfg: RunConfig) -> RunConfig:
         cfg.data.batch_size,
         epochs,
         warmup,
+        held,
         optim.lr,
     )
     return cfg

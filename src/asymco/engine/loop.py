@@ -58,9 +58,7 @@ class TrainLoader(Protocol):
         """Steps per epoch."""
         ...
 
-    def epoch(
-        self, epoch: int, *, views: tuple[str, ...], start_step: int = 0
-    ) -> Iterator[Batch]:
+    def epoch(self, epoch: int, *, views: tuple[str, ...], start_step: int = 0) -> Iterator[Batch]:
         """This process's batches of `epoch` with `views`, from step `start_step` on."""
         ...
 
@@ -95,8 +93,8 @@ def train_epochs(
             warmup = epoch < warmup_epochs
             for group in optimizer.param_groups:
                 group["lr"] = plans[group["net"]][epoch]
-            method.train()
             resumed = start if epoch == first_epoch and start.step > 0 else Position(history)
+            method.train()
             if resumed.step:  # the epoch's resets already happened before the checkpoint
                 method.set_phase(epoch, warmup=warmup)
             else:
@@ -104,8 +102,7 @@ def train_epochs(
                 training_pass(method, train_eval, exe)
             began = time.perf_counter()
             epoch_run = EpochRun(method, optimizer, scaler, loader, exe, dist, epoch, resumed)
-            if eta is not None:
-                epoch_run.note = f" (run left ~{format_duration(eta(history))})"
+            epoch_run.note = _run_left(eta, history)
             sums, visits = epoch_run.run(epochs, progress, checkpoint_steps, save, stop)
             seconds = time.perf_counter() - began
             row = dist.on_main(
@@ -120,12 +117,16 @@ def train_epochs(
             )
             history.append(row)
             if dist.is_main:
-                left = "" if eta is None else f" | run left ~{format_duration(eta(history))}"
-                logger.info(method.describe(row, epochs) + left)
+                left = _run_left(eta, history)
+                logger.info(method.describe(row, epochs) + (f" | {left}" if left else ""))
             save(Position(history))
             if epoch + 1 < epochs and stop.agreed(dist, 0, exe.device):
                 raise PreemptedError(epoch + 1, 0)
     return history
+
+
+def _run_left(eta: Callable[[list[dict]], float] | None, history: list[dict]) -> str:
+    return "" if eta is None else f"run left ~{format_duration(eta(history))}"
 
 
 def training_pass(method: Method, train_eval: EvalBatches, exe: Execution) -> None:
@@ -207,12 +208,10 @@ class EpochRun:
     ) -> tuple[dict[str, Tensor], tuple[int, int]]:
         method, exe = self.method, self.exe
         batches = tqdm(
-            self.loader.epoch(
-                self.epoch, views=method.train_views(), start_step=self.start.step
-            ),
+            self.loader.epoch(self.epoch, views=method.train_views(), start_step=self.start.step),
             total=len(self.loader),
             initial=self.start.step,
-            desc=f"epoch {self.epoch + 1}/{epochs}{self.note}",
+            desc=f"epoch {self.epoch + 1}/{epochs}" + (f" ({self.note})" if self.note else ""),
             leave=False,
             disable=not (progress and self.dist.is_main),
             dynamic_ncols=True,

@@ -1,0 +1,119 @@
+"""Time budgets and ETAs: durations, the LR plan rescaled, the epochs a budget allows, the step
+times measured before training (without moving any random generator), and `--budget` end to end.
+How close the budget and the ETA come on this machine is `benchmarks/budget.py`'s measurement."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from asymco import api
+from asymco.cli import main
+from asymco.data.prepare import prepare_data
+from asymco.durations import format_duration, parse_duration
+from asymco.engine.device import resolve_device
+from asymco.engine.distributed import Dist
+from asymco.engine.precision import resolve_execution
+from asymco.engine.run import measure_run, set_up_process
+from asymco.engine.timing import StepTimes, fit_budget, remaining_seconds
+from asymco.errors import UserError
+from asymco.lr_plan import build_lr_plan, rescale_decay
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("15m", 900), ("2h", 7200), ("1h30m", 5400), ("90s", 90), ("45", 45),
+                          ("1.5m", 90), (" 2M ", 120)]
+)
+def test_durations_read_as_people_write_them(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "15x", "m", "-1m", "0", "inf", "nan", "1m-2s", "9999999h"])
+def test_bad_durations_are_one_sentence(text):
+    with pytest.raises(UserError, match="train.budget"):
+        parse_duration(text)
+
+
+def test_durations_print_short():
+    assert [format_duration(s) for s in (0, 35.4, 250, 3725)] == ["0s", "35s", "4m10s", "1h02m"]
+
+
+def test_a_rescaled_lr_plan_keeps_its_shape():
+    plan = build_lr_plan(0.1, epochs=150, warmup_epochs=50, warmup_lr=0.1,
+                         decay="cosine:50,5e-4,150")
+    decay = rescale_decay("cosine:50,5e-4,150", epochs=150, new_epochs=30)
+    assert decay == "cosine:10,0.0005,30"
+    short = build_lr_plan(0.1, epochs=30, warmup_epochs=10, warmup_lr=0.1, decay=decay)
+    assert short[:10] == [0.1] * 10  # the warmup share
+    for where in (0.25, 0.5, 0.75):  # the same point of the cosine, a fifth as many epochs in
+        assert short[10 + round(20 * where)] == pytest.approx(plan[50 + round(100 * where)],
+                                                              rel=0.05)
+    assert rescale_decay("step:40,80,0.5", epochs=100, new_epochs=50) == "step:20,40,0.5"
+    assert rescale_decay("step30", epochs=100, new_epochs=200) == "step:100,160,200,0.1"
+    assert rescale_decay("constant", epochs=100, new_epochs=7) == "constant"
+
+
+TIMES = StepTimes(warmup_step=0.1, main_step=0.4, epoch_extra=1.0, final_extra=3.0, steps=10)
+# An epoch: 2 s in warmup, 5 s after it.
+
+
+def budgeted(budget: str, epochs: int = 60, warmup: int = 10, fill: bool = True):
+    cfg = api.resolve_config("quickstart", [f"train.epochs={epochs}",
+                                            f"train.warmup_epochs={warmup}",
+                                            f"train.budget={budget}",
+                                            f"train.budget_fill={str(fill).lower()}"])
+    return fit_budget(cfg, TIMES, spent=10.0)
+
+
+def test_a_budget_chooses_the_epochs_that_fit_and_keeps_the_warmup_share():
+    cfg = budgeted("5m")  # 300 s - 10 spent - 3 final = 287 s; mean epoch 1/6*2 + 5/6*5 = 4.5 s
+    t = cfg.train
+    assert t.epochs == 63 and t.warmup_epochs == round(63 / 6)
+    assert TIMES.run_seconds(t.epochs, t.warmup_epochs) + 10 <= 300
+    assert cfg.optim.lr_decay == f"cosine:{round(10 * 63 / 60)},0.001,63"
+    assert budgeted("1m").train.epochs == 10  # fewer than asked: fits
+    assert budgeted("5m", fill=False).train.epochs == 60  # no more than asked when not filling
+
+
+def test_a_budget_too_short_for_two_epochs_is_one_sentence():
+    with pytest.raises(UserError, match=r"train.budget=15s is too short: 2 epoch\(s\) take about"):
+        budgeted("15s")
+
+
+def test_the_run_eta_uses_the_epochs_already_seen():
+    assert remaining_seconds(TIMES, [], 4, 2) == 2 * 2 + 2 * 5 + 3
+    seen = [{"epoch": 0, "epoch_seconds": 3.0, "eval_seconds": 1.0}]
+    assert remaining_seconds(TIMES, seen, 4, 2) == 4 + 2 * 5 + 3
+
+
+def test_measuring_the_steps_moves_no_random_generator():
+    cfg = api.resolve_config("quickstart", ["train.epochs=4", "train.warmup_epochs=2",
+                                            "train.progress=false"])
+    exe = resolve_execution(cfg.train, resolve_device("cpu"))
+    set_up_process(cfg, Dist())
+    data = prepare_data(cfg.data, cfg.noise)
+    states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    times = measure_run(cfg, data, exe, Dist())
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert (np.random.get_state()[1] == states[1]).all() and random.getstate() == states[2]
+    assert times.steps == 23 and times.warmup_step > 0 and times.main_step > 0
+    assert times.epoch_extra > 0 and times.final_extra > 0
+
+
+def test_budget_on_the_command_line_plans_and_records_the_epochs(tmp_path, caplog):
+    out = tmp_path / "run"
+    with caplog.at_level("INFO"):
+        assert main(["train", "--preset", "quickstart", "--budget", "8s", "--out", str(out),
+                     "--set", "data.subset=300", "--set", "train.progress=false"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())["train"]
+    assert saved["budget"] == "8s" and saved["budget_fill"] is True
+    assert "to fit train.budget=8s" in caplog.text and "ETA" in caplog.text
+    assert f"plan: {saved['epochs']} epochs ({saved['warmup_epochs']} warmup)" in caplog.text
+    assert saved["epochs"] != 60  # chosen, not the preset's
+    assert "run left ~" in caplog.text  # the whole run's ETA after each epoch
+    assert main(["train", "--preset", "quickstart", "--budget", "1s", "--out",
+                 str(tmp_path / "short"), "--set", "train.progress=false"]) == 2
