@@ -34,7 +34,7 @@ def test_durations_read_as_people_write_them(text, seconds):
 
 @pytest.mark.parametrize("text", ["", "15x", "m", "-1m", "0", "inf", "nan", "1m-2s", "9999999h"])
 def test_bad_durations_are_one_sentence(text):
-    with pytest.raises(UserError, match="train.budget"):
+    with pytest.raises(UserError, match=r"train\.budget"):
         parse_duration(text)
 
 
