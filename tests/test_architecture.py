@@ -256,6 +256,7 @@ GROUPS: dict[str, Group] = {
     # grammar, durations, image ops.
     "foundation": Group(
         (
+            "asymco._clock",
             "asymco._version",
             "asymco.durations",
             "asymco.errors",

@@ -1,5 +1,6 @@
 """asymco: train image classifiers on noisily labelled data with Asymmetric Co-Training (ACT)."""
 
+import asymco._clock  # noqa: F401  (first: the clock starts before torch is imported)
 from asymco._version import __version__
 from asymco.api import RunResult, load_run_config, resolve_config, train, train_pack
 from asymco.data.noise import make_noisy_labels, transition_matrix

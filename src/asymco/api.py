@@ -101,8 +101,16 @@ def default_out_dir(cfg: RunConfig) -> Path:
     return Path("runs") / f"{cfg.preset}-{cfg.method.name}-s{cfg.train.seed}-{stamp}"
 
 
-def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:
+def train(
+    cfg: RunConfig,
+    *,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    started: float | None = None,
+) -> RunResult:
     """Train `cfg` into a run directory (new, or continued from its checkpoint with `resume`).
+    `started`: the `time.perf_counter()` the run's wall time and `train.budget` count from
+    (the CLI passes its start, so imports and data checks count too); default now.
 
     Under torchrun every process calls this; they train together and rank 0 writes the run.
 
@@ -110,7 +118,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: bool = F
         >>> result = train(resolve_config("quickstart"), out_dir="runs/quickstart")
         >>> result.summary["test_acc_last10_mean"]
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     check_run(cfg)
     if not resume:  # what the settings leave to the run, fixed now and written to config.yaml
         cfg = _fixed(cfg)

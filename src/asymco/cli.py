@@ -36,6 +36,7 @@ def _check_out(out: str) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from asymco import api
+    from asymco._clock import LOADED_AT
 
     if args.out is not None:
         _check_out(args.out)
@@ -64,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = replace(cfg, train=replace(cfg.train, device=args.device))
         if args.resume:
             raise UserError("--device cannot change on --resume; it is part of the saved run")
-    result = api.train(cfg, out_dir=args.out, resume=args.resume)
+    result = api.train(cfg, out_dir=args.out, resume=args.resume, started=LOADED_AT)
     if _is_main_process():
         print(api.describe_run(result.summary, result.run_dir))
     return 0
