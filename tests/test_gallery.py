@@ -22,6 +22,7 @@ from PIL import Image
 from asymco.cli import main
 from asymco.label_issues import COLUMNS, label_quality
 from asymco.report import make_report
+from asymco.report.gallery import thumbnail
 from asymco.suggest import EXPORT_COLUMNS, Suspect, export_rows, inert, read_suspects, suggest
 
 # Class names a user may well have: markup, quotes, an ampersand, a spreadsheet formula.
@@ -200,6 +201,20 @@ def test_the_rule_keeps_relabels_and_asks_for_review():
     probs = np.array([[0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
     quality = label_quality(np.array([0, 0]), probs)
     np.testing.assert_allclose(quality["predicted_label_prob"], [0.7, 0.6])
+
+
+def test_thumbnails_enlarge_tiny_images_and_shrink_photos():
+    tiny = Image.fromarray(np.arange(8 * 8, dtype=np.uint8).reshape(8, 8))
+    data, mime = thumbnail(tiny)
+    enlarged = np.asarray(Image.open(io.BytesIO(data)))
+    assert mime == "image/png" and enlarged.shape == (96, 96)
+    np.testing.assert_array_equal(enlarged[::12, ::12], np.asarray(tiny))  # crisp blocks
+    photo = Image.new("RGBA", (640, 320), (200, 30, 30, 255))
+    data, mime = thumbnail(photo)
+    small = Image.open(io.BytesIO(data))
+    assert mime == "image/jpeg" and small.size == (128, 64) and small.mode == "RGB"
+    data, mime = thumbnail(Image.new("P", (20, 10)))
+    assert mime == "image/png" and Image.open(io.BytesIO(data)).size == (80, 40)
 
 
 def test_cells_a_spreadsheet_would_run_are_made_inert():

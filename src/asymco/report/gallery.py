@@ -14,6 +14,7 @@ import html
 import io
 import math
 import os
+import shlex
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +249,6 @@ def gallery_link(run_dir: Path, page_dir: Path) -> str:
         href = quote(Path(os.path.relpath(gallery.resolve(), Path(page_dir).resolve())).as_posix())
         return f'<p><a href="{html.escape(href)}">Suspect labels as images ({GALLERY_NAME})</a></p>'
     if (Path(run_dir) / "label_issues.csv").is_file():
-        command = html.escape(f"asymco issues {run_dir} --html")
+        command = html.escape(f"asymco issues {shlex.quote(str(run_dir))} --html")
         return f'<p class="note">Suspect labels as images: <code>{command}</code></p>'
     return ""
