@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ if os.environ.get("CI", "").lower() in ("1", "true"):
     settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
 SHARED_DATA = Path(os.environ.get("ASYMCO_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -34,6 +36,26 @@ def shared_data() -> Path:
             pytest.fail(message + " (CI must run the real-data tests)")
         pytest.skip(message)
     return SHARED_DATA
+
+
+@pytest.fixture
+def chromium(tmp_path: Path):
+    """`chromium(*args)` runs headless Chromium with a fresh profile and returns the finished
+    process (`--dump-dom` prints to its stdout); skips without Chromium locally, fails under CI."""
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} not found (apt-get install chromium) for the headless-browser test"
+        if os.environ.get("CI", "").lower() in ("1", "true"):
+            pytest.fail(reason + "; CI must run it")
+        pytest.skip(reason)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+                   "--disable-dev-shm-usage", "--disable-background-networking",
+                   "--disable-component-update", "--disable-sync", "--no-first-run",
+                   f"--user-data-dir={tmp_path / 'chromium-profile'}", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+    return run
 
 
 @pytest.fixture(scope="session")

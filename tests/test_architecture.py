@@ -278,10 +278,12 @@ GROUPS: dict[str, Group] = {
     "models": Group(("asymco.models.*",), ("foundation", "config", "models")),
     # Methods see batches through the foundation's Batch; never data loaders or the engine.
     "methods": Group(("asymco.methods.*",), ("foundation", "config", "methods")),
-    # Reports read finished run directories; they train nothing.
-    "report": Group(("asymco.report.*",), ("foundation", "config", "report")),
-    # The label-issues file format: readable without any training code.
-    "label_issues": Group(("asymco.label_issues",), ("foundation",)),
+    # Reports read finished run directories (label_issues.csv among them); they train nothing.
+    "report": Group(("asymco.report.*",), ("foundation", "config", "label_issues", "report")),
+    # The label-issues file format and the actions it suggests: no training code.
+    "label_issues": Group(
+        ("asymco.label_issues", "asymco.suggest"), ("foundation", "label_issues")
+    ),
     # Paper presets are settings per method.
     "presets": Group(("asymco.presets",), ("foundation", "config", "methods")),
     # The user's own data set: settings and the data layer.

@@ -15,6 +15,17 @@ from asymco.errors import PreemptedError, UserError
 
 EXIT_USAGE = 2
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as if the signal had ended the process
+ISSUES_TOP = 20
+ISSUES_DESCRIPTION = """Show the labels a run judges most likely wrong (label_issues.csv).
+
+  asymco issues RUN                      print the 20 most suspect labels
+  asymco issues RUN --html               RUN/label_issues.html: thumbnails of the top 100
+  asymco issues RUN --export fixes.csv   every label with a suggested action
+
+The suggested action: keep a label the run does not flag; relabel a flagged label to the
+predicted class when the net gives that class a probability of 0.5 or more (more than all
+other classes together); review any other flagged label. Cells a spreadsheet would run as a
+formula (starting with = + - @) get a leading apostrophe."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,20 +93,51 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _issues(args: argparse.Namespace) -> int:
-    from asymco.label_issues import read_label_issues
+    from asymco.suggest import read_suspects
 
-    if args.top < 0:
+    if args.top is not None and args.top < 0:
         raise UserError(f"--top must be 0 or more, got {args.top}")
-    rows = read_label_issues(Path(args.run_dir) / "label_issues.csv")
-    flagged = sum(row["is_label_issue"] == "True" for row in rows)
+    run_dir = Path(args.run_dir)
+    if args.html is not None or args.export is not None:
+        return _issues_files(args, run_dir)
+    top = ISSUES_TOP if args.top is None else args.top
+    rows = read_suspects(run_dir / "label_issues.csv")
+    flagged = sum(row.is_label_issue for row in rows)
     print(f"{flagged} of {len(rows)} training labels flagged as issues; most suspect first:")
     print(f"{'index':>7}  {'given':<20} {'predicted':<20} {'score':>6}  issue  path")
-    for row in rows[: args.top]:
+    for row in rows[:top]:
         print(
-            f"{row['index']:>7}  {row['given_class'][:20]:<20} "
-            f"{row['predicted_class'][:20]:<20} {float(row['label_score']):6.3f}  "
-            f"{'yes' if row['is_label_issue'] == 'True' else 'no':<5}  {row['path']}"
+            f"{row.index:>7}  {row.given_class[:20]:<20} "
+            f"{row.predicted_class[:20]:<20} {row.label_score:6.3f}  "
+            f"{'yes' if row.is_label_issue else 'no':<5}  {row.path}"
         )
+    return 0
+
+
+def _issues_files(args: argparse.Namespace, run_dir: Path) -> int:
+    """`--export` and `--html`: the suggested labels as CSV, the suspects as a page. Every
+    input is read before anything is written, so a failure leaves no new file behind."""
+    from asymco.report.gallery import DEFAULT_TOP, GALLERY_NAME, check_page_path, write_gallery
+    from asymco.suggest import action_counts, read_suspects, write_export
+
+    suspects = read_suspects(run_dir / "label_issues.csv")
+    written = []
+    if args.html is not None:
+        from asymco.api import load_run_config
+        from asymco.data.images import training_images
+
+        page = check_page_path(Path(args.html) if args.html else run_dir / GALLERY_NAME)
+        shown = suspects[: DEFAULT_TOP if args.top is None else args.top]
+        images = training_images(
+            load_run_config(run_dir).data, [s.index for s in shown], [s.path for s in shown]
+        )
+    if args.export is not None:
+        export = write_export(Path(args.export), suspects)
+        counts = ", ".join(f"{action} {n}" for action, n in action_counts(suspects).items())
+        written.append(f"wrote {export} ({counts})")
+    if args.html is not None:
+        written.append(f"wrote {write_gallery(page, run_dir.resolve().name, suspects, images)}")
+    print("\n".join(written))
     return 0
 
 
@@ -158,13 +200,42 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dirs", nargs="+", help="run directories, or folders holding them")
     report.add_argument("--out", help="where report.md/.html go (default: <first dir>/report)")
     report.set_defaults(func=_report)
-    issues = sub.add_parser("issues", help="print the most suspect labels of a run")
-    issues.add_argument("run_dir", help="a run directory holding label_issues.csv")
-    issues.add_argument("--top", type=int, default=20, help="how many rows (default 20)")
-    issues.set_defaults(func=_issues)
+    _add_issues(
+        sub.add_parser(
+            "issues",
+            help="the most suspect labels of a run: printed, as a page of images, or as a CSV of "
+            "suggested labels",
+            description=ISSUES_DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     presets = sub.add_parser("presets", help="list the presets, one line each")
     presets.set_defaults(func=_presets)
     return parser
+
+
+def _add_issues(issues: argparse.ArgumentParser) -> None:
+    issues.add_argument("run_dir", help="a run directory holding label_issues.csv")
+    issues.add_argument(
+        "--top",
+        type=int,
+        help=f"how many suspects: printed rows (default {ISSUES_TOP}) or thumbnails on the "
+        "--html page (default 100)",
+    )
+    issues.add_argument(
+        "--html",
+        nargs="?",
+        const="",
+        metavar="PAGE",
+        help="write a self-contained page of the top suspects' images (default PAGE: "
+        "RUN/label_issues.html); re-reads the run's training images, trains nothing",
+    )
+    issues.add_argument(
+        "--export",
+        metavar="FILE.csv",
+        help="write every label's suggested action (keep / relabel / review) to FILE.csv",
+    )
+    issues.set_defaults(func=_issues)
 
 
 def _add_train(train: argparse.ArgumentParser) -> None:

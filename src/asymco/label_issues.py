@@ -29,7 +29,10 @@ COLUMNS = (
     "selected_epochs",
     "selected_share",
     "given_label_prob",
+    "predicted_label_prob",
 )
+OPTIONAL_COLUMNS = ("predicted_label_prob",)
+"""Columns added after the first release: a `label_issues.csv` of an older run lacks them."""
 
 
 def label_quality(
@@ -56,9 +59,11 @@ def label_quality(
             `clean_cut` (the method's own line, `Method.clean_cut`) is a label issue.
 
     Returns:
-        Columns `predicted_label`, `given_label_prob`, `selected_share`, `label_score` (in
-        [0, 1], higher = more likely correct: the mean of the selected share and the given
-        label's probability, or the probability alone without a selection history) and
+        Columns `predicted_label`, `given_label_prob`, `predicted_label_prob` (the net's
+        probability of its own prediction: what `asymco.suggest` needs to propose a new label),
+        `selected_share`, `label_score` (in [0, 1], higher = more likely correct: the mean of
+        the selected share and the given label's probability, or the probability alone without
+        a selection history) and
         `is_label_issue` (not selected in the last robust epoch; without one, the prediction
         disagrees with the given label).
     """
@@ -82,6 +87,7 @@ def label_quality(
     return {
         "predicted_label": predicted,
         "given_label_prob": given_prob,
+        "predicted_label_prob": probs.max(1),
         "selected_share": share,
         "label_score": score,
         "is_label_issue": issue,
@@ -124,6 +130,7 @@ def write_label_issues(
                 "" if selected_epochs is None else int(selected_epochs[i]),
                 "" if np.isnan(share) else f"{share:.6f}",
                 f"{quality['given_label_prob'][i]:.6f}",
+                f"{quality['predicted_label_prob'][i]:.6f}",
             ]
         )
     write_text_atomic(path, buffer.getvalue())
@@ -135,6 +142,7 @@ def read_label_issues(path: Path) -> list[dict[str, str]]:
         raise UserError(f"{path} does not exist; is this an asymco run directory?")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    if rows and set(COLUMNS) - set(rows[0]):
-        raise UserError(f"{path} lacks the columns {sorted(set(COLUMNS) - set(rows[0]))}")
+    missing = set(COLUMNS) - set(OPTIONAL_COLUMNS) - set(rows[0] if rows else COLUMNS)
+    if missing:
+        raise UserError(f"{path} lacks the columns {sorted(missing)}")
     return rows

@@ -132,6 +132,9 @@ def _forget_inputs(run_dir: Path, created: bool) -> None:
         run_dir.rmdir()
 
 
+_FLOAT_COLUMNS = ("label_score", "given_label_prob", "predicted_label_prob", "selected_share")
+
+
 def _read_table(path: Path) -> dict[str, np.ndarray]:
     with path.open(newline="") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: int(r["index"]))
@@ -142,7 +145,7 @@ def _read_table(path: Path) -> dict[str, np.ndarray]:
             table[column] = np.array(values, dtype=np.int64)
         elif column == "is_label_issue":
             table[column] = np.array([v == "True" for v in values])
-        elif column in ("label_score", "given_label_prob", "selected_share"):
+        elif column in _FLOAT_COLUMNS:
             table[column] = np.array([float(v) if v else np.nan for v in values])
         elif column == "selected_epochs":
             table[column] = np.array([int(v) if v else -1 for v in values])

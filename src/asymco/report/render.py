@@ -14,6 +14,7 @@ from pathlib import Path
 
 from asymco.files import write_atomic
 from asymco.report.collect import Run
+from asymco.report.gallery import gallery_link
 from asymco.report.plots import figure_title, plot_run
 from asymco.report.tables import (
     COLUMNS,
@@ -150,7 +151,7 @@ def html_table(rows: list[TableRow]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{notes}"
 
 
-def _html(rows: list[TableRow], runs: list[Run], pngs: list[bytes]) -> str:
+def _html(rows: list[TableRow], runs: list[Run], pngs: list[bytes], out_dir: Path) -> str:
     sections = []
     for index, (run, png) in enumerate(zip(runs, pngs, strict=True), start=1):
         data = base64.b64encode(png).decode("ascii")
@@ -160,7 +161,7 @@ def _html(rows: list[TableRow], runs: list[Run], pngs: list[bytes]) -> str:
             f"<code>{html.escape(str(run.path))}</code></p>"
             f'<p class="figures">{html.escape(key_figures(run))}</p>'
             f'<img alt="{html.escape(figure_title(run))}" src="data:image/png;base64,{data}">'
-            "</section>"
+            f"{gallery_link(run.path, out_dir)}</section>"
         )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -176,7 +177,8 @@ def write_report(runs: list[Run], out_dir: Path) -> tuple[Path, Path]:
     """Write the Markdown and HTML reports for `runs` into `out_dir`.
 
     `report.md` links one PNG per run saved next to it; `report.html` embeds the same images
-    as base64 data URIs and needs no other file.
+    as base64 data URIs and needs no other file, and links each run's gallery of suspect
+    labels (`asymco issues RUN --html`) where it exists.
 
     Args:
         runs: The runs (at least one), e.g. from `find_runs`.
@@ -195,5 +197,5 @@ def write_report(runs: list[Run], out_dir: Path) -> tuple[Path, Path]:
         write_atomic(out_dir / name, png)
     markdown_path, html_path = out_dir / MARKDOWN_NAME, out_dir / HTML_NAME
     write_atomic(markdown_path, _markdown(rows, ordered, images).encode("utf-8"))
-    write_atomic(html_path, _html(rows, ordered, pngs).encode("utf-8"))
+    write_atomic(html_path, _html(rows, ordered, pngs, out_dir).encode("utf-8"))
     return markdown_path, html_path
