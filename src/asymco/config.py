@@ -125,19 +125,29 @@ class NoiseConfig:
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     name: str = "cnn7"
-    """`cnn7`: the paper's CIFAR CNN (6 conv + MLP head, act-spec B.1); `digits_cnn` for digits."""
+    """`cnn7`: the paper's CIFAR CNN (6 conv + MLP head, act-spec B.1); `digits_cnn` for digits;
+    `resnet50`: torchvision's ResNet-50; `timm:<name>`: any timm model, e.g. `timm:resnet18` or
+    `timm:convnext_tiny.fb_in1k` (pip install "asymco[timm]"), whose pretrained config gives
+    your own data's default image size and the normalisation."""
     mlp_head: bool = True
     """cnn7 only: ACT's 2-layer MLP head (faithful); false = Jo-SRC's single Linear(256, K)."""
     pretrained: bool = True
-    """resnet50 only: start from torchvision's ImageNet IMAGENET1K_V1 weights (downloaded)."""
+    """resnet50 and timm models: start from pretrained weights, downloaded (resnet50:
+    torchvision's ImageNet IMAGENET1K_V1; timm: the model's own, from the Hugging Face Hub)."""
     weights: str | None = None
-    """resnet50 only: a local file with those weights (for machines without a network)."""
+    """resnet50 and timm models: a local file with those weights, a state_dict or .safetensors
+    (for machines without a network); its classifier head is left out."""
     num_outputs: int | None = None
     """Logits of the nets; None = the number of classes. The official Food-101N code uses 200
     for its 101 classes (act-spec C.3): set 200 to reproduce that quirk."""
 
     def __post_init__(self) -> None:
         _check(self.num_outputs is None or self.num_outputs > 1, "model.num_outputs", "must be > 1")
+        _check(
+            self.name != "timm:" and self.name.strip() == self.name,
+            "model.name",
+            f"{self.name!r} names no model; a timm model is timm:<name>, e.g. timm:resnet18",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asymco.augment import InputSpec
 from asymco.config import RunConfig
 from asymco.errors import UserError
 
@@ -68,12 +69,13 @@ def _survey(cfg: RunConfig) -> tuple[int, int, int]:
     return len(split.paths), int(np.median(sides)) if sides else 224, 3
 
 
-def choose_defaults(cfg: RunConfig) -> RunConfig:
-    """Model, image size, batch and schedule for a user's data, chosen from its size."""
+def choose_defaults(cfg: RunConfig, model_input: InputSpec | None = None) -> RunConfig:
+    """Model, image size, batch and schedule for a user's data, chosen from its size; or, given
+    the `model_input` of the model `cfg` names (a timm model), fine-tuning at its input size."""
     d = cfg.data
     n, side, channels = _survey(cfg)
-    small = side <= 64
-    if d.dataset == "npz" and side not in (8, 32):
+    small = side <= 64 and model_input is None
+    if d.dataset == "npz" and side not in (8, 32) and model_input is None:
         raise UserError(
             f"npz images must be 32x32 (or 8x8) for the built-in CNNs, got {side}px; "
             "save them as an image folder to train ResNet-50 on them"
@@ -92,10 +94,11 @@ def choose_defaults(cfg: RunConfig) -> RunConfig:
         optim = dataclasses.replace(
             cfg.optim, lr=0.01, warmup_lr=0.01, lr_decay=f"cosine:{warmup},5e-4,{epochs}"
         )
-    else:  # fine-tune an ImageNet ResNet-50, as the paper does on web images
-        model = "resnet50"
+    else:  # fine-tune an ImageNet ResNet-50 (or the named model), as the paper does on web images
+        model = cfg.model.name if model_input else "resnet50"
+        size = model_input or InputSpec(224, 256)
         epochs, warmup = (30, 5) if n < 50_000 else (20, 4)
-        data = dataclasses.replace(d, image_size=224, resize=256, batch_size=32)
+        data = dataclasses.replace(d, image_size=size.size, resize=size.resize, batch_size=32)
         optim = dataclasses.replace(
             cfg.optim, lr=0.005, warmup_lr=0.005, lr_decay=f"cosine:{warmup},5e-5,{epochs}"
         )

@@ -23,7 +23,13 @@ from asymco.batch import EvalBatches
 from asymco.config import DataConfig
 from asymco.data.datasets import FILE_DATASETS
 from asymco.data.folders import FolderLoader, folder_test_batches
-from asymco.data.loader import ArrayLoader, array_batches, normalizer_for, to_device_images
+from asymco.data.loader import (
+    ArrayLoader,
+    Stats,
+    array_batches,
+    normalizer_for,
+    to_device_images,
+)
 from asymco.data.pil_loader import PilLoader
 from asymco.data.prepare import NoisyData
 from asymco.data.sharding import BatchPlan
@@ -62,12 +68,14 @@ def make_pipeline(
     device: torch.device,
     memory_format: torch.memory_format,
     workers: int,
+    stats: Stats = (IMAGENET_MEAN, IMAGENET_STD),
 ) -> Pipeline:
-    """The training loader and evaluation batches of `data`, on `device`."""
+    """The training loader and evaluation batches of `data`, on `device`; images normalised
+    with the model's `stats` (mean and std; ImageNet's for the built-in models)."""
     kind = loader_kind(d)
     eval_batch = d.eval_batch_size or (1024 if device.type == "cuda" else 128)
-    if kind == "files":  # decoded by workers, normalised with ImageNet statistics
-        normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, memory_format)
+    if kind == "files":  # decoded by workers, normalised with the model's statistics
+        normalize = Normalizer(*stats, device, memory_format)
         size = {"size": d.image_size, "resize": d.resize or d.image_size}
         files = {"workers": workers, "normalize": normalize, "device": device, **size}
 
@@ -77,7 +85,7 @@ def make_pipeline(
         loader = FolderLoader(data.paths, data.noisy_label, plan=plan, **files)
         test = from_files(data.test_images, data.test_label)
         return Pipeline(loader, test, from_files(data.paths, data.noisy_label), kind)
-    normalize = normalizer_for(data.images, d.normalize, device, memory_format)
+    normalize = normalizer_for(data.images, d.normalize, device, memory_format, stats=stats)
     common = {"plan": plan, "device": device, "views": d.views, "normalize": normalize}
     if kind == "pil":
         loader = PilLoader(data.images, data.noisy_label, workers=workers, **common)

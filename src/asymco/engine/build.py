@@ -16,14 +16,14 @@ from asymco.engine.distributed import Dist
 from asymco.engine.precision import Execution
 from asymco.errors import UserError
 from asymco.methods import METHODS, Method, create_method
-from asymco.models import MODELS, create_model
+from asymco.models import check_model, create_model, model_options
 
 
 def check_run(cfg: RunConfig) -> None:
     """Fail on an unknown method or model, a model that cannot read the dataset's images, or a
     loader that cannot apply, before any data is loaded."""
     METHODS.get(cfg.method.name)
-    MODELS.get(cfg.model.name)
+    check_model(cfg.model.name)
     d, model = cfg.data, cfg.model.name
     if model == "digits_cnn" and d.dataset not in ("digits", "npz"):
         raise UserError("model.name=digits_cnn reads 8x8 images: use it with digits or an npz")
@@ -41,10 +41,7 @@ def build_method(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) ->
     """The method with freshly initialised nets, moved to the device; its training forwards
     wrapped in DDP (several processes) and torch.compile (`train.compile`)."""
     channels = 3 if data.paths is not None else data.images.shape[-1]
-    model_options = {
-        "cnn7": {"mlp_head": cfg.model.mlp_head},
-        "resnet50": {"pretrained": cfg.model.pretrained, "weights": cfg.model.weights},
-    }.get(cfg.model.name, {})
+    options = model_options(cfg.model)
     outputs = cfg.model.num_outputs or data.num_classes
     if outputs < data.num_classes:
         raise UserError(f"model.num_outputs={outputs} is below the {data.num_classes} classes")
@@ -56,7 +53,7 @@ def build_method(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) ->
         epochs=cfg.train.epochs,
         warmup_epochs=cfg.train.warmup_epochs,
         make_model=lambda: create_model(
-            cfg.model.name, num_classes=outputs, in_channels=channels, **model_options
+            cfg.model.name, num_classes=outputs, in_channels=channels, **options
         ),
     )
     if dist.enabled and exe.device.type == "cuda" and cfg.train.sync_batchnorm:
