@@ -76,7 +76,8 @@ def resolve_config(
 def resolve_own_data(
     data: str, test: str | None = None, overrides: list[str] = (), *, preset: str | None = None
 ) -> RunConfig:
-    """Config for your own data (`folder:PATH`, `csv:FILE`, `npz:FILE`): a preset's settings,
+    """Config for your own data (`folder:PATH`, `csv:FILE`, `npz:FILE`, `hf:PATH`,
+    `parquet:PATH`): a preset's settings,
     or (without one) defaults chosen from the data; then the overrides."""
     cfg = with_own_data(get_preset(preset or "custom"), data, test)
     if preset is None:

@@ -28,19 +28,28 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    dataset: Literal["cifar10", "cifar100", "digits", "folder", "csv", "npz", "web", "food101n"] = (
-        "cifar100"
-    )
+    dataset: Literal[
+        "cifar10", "cifar100", "digits", "folder", "csv", "npz", "hf", "parquet", "web", "food101n"
+    ] = "cifar100"
     """Image source. CIFAR comes from an .npz, a torchvision folder or torchvision's download;
-    `folder` (root/<class>/<image>), `csv` (path,label) and `npz` (x_train, y_train) are your
-    own data; `web` (root/train, root/val) and `food101n` are the paper's real-noise sets."""
+    `folder` (root/<class>/<image>), `csv` (path,label), `npz` (x_train, y_train), `hf` (a
+    Hugging Face `datasets.save_to_disk` folder) and `parquet` (a .parquet file or a folder of
+    them) are your own data; `web` (root/train, root/val) and `food101n` are the paper's
+    real-noise sets."""
     root: str | None = None
     """Where the data is: an .npz file, a folder holding `<dataset>.npz` or torchvision's CIFAR
     folder, or the download cache (None = `$ASYMCO_DATA` or `~/.cache/asymco`); the folder, CSV
-    file or .npz file of your own data; the web set's or Food-101N's root."""
+    file, .npz file, hf folder or Parquet file or folder of your own data; the web set's or
+    Food-101N's root."""
     test_root: str | None = None
     """Test split of your own data (same kind as `root`), or Food-101's root for food101n
     (None: `<root>/food-101`). Without one, own data is split with `holdout_fraction`."""
+    image_column: str | None = None
+    """hf/parquet: the column of images (encoded bytes, Hugging Face Image structs or paths
+    relative to the Parquet file); None = the first of image, img, ... that the table has."""
+    label_column: str | None = None
+    """hf/parquet: the column of labels (integers, with names from a Hugging Face ClassLabel,
+    or strings); None = the first of label, labels, ... that the table has."""
     holdout_fraction: float = 0.2
     """Share of your own data held out (seeded by `subset_seed`) when there is no test split."""
     image_size: int = 32

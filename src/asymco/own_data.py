@@ -1,4 +1,5 @@
-"""Your own data on the command line: `--data folder:PATH | csv:FILE | npz:FILE`.
+"""Your own data on the command line: `--data folder:PATH | csv:FILE | npz:FILE | hf:PATH |
+parquet:PATH`.
 
 Without a preset, the model, image size and schedule are chosen from the data's size and image
 size, and printed, so a first run needs no settings; every choice can still be overridden.
@@ -18,14 +19,17 @@ from asymco.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("folder", "csv", "npz")
+KINDS = ("folder", "csv", "npz", "hf", "parquet")
 
 
 def parse_spec(spec: str, *, flag: str = "--data") -> tuple[str, str]:
     """`kind:path` -> (kind, path)."""
     kind, sep, path = spec.partition(":")
     if not sep or kind not in KINDS or not path:
-        raise UserError(f"{flag} must look like folder:PATH, csv:FILE or npz:FILE, got {spec!r}")
+        raise UserError(
+            f"{flag} must look like folder:PATH, csv:FILE, npz:FILE, hf:PATH or parquet:PATH, "
+            f"got {spec!r}"
+        )
     return kind, path
 
 
@@ -56,13 +60,13 @@ def _survey(cfg: RunConfig) -> tuple[int, int, int]:
         )
         shape = own.x.shape
         return shape[0], min(shape[1:3]), shape[3]
-    from PIL import Image
+    from asymco.data.encoded import open_image
 
     split, _ = own_splits(d)
     sides = []
     for path in split.paths[:: max(1, len(split.paths) // 20)][:20]:
         try:
-            with Image.open(path) as img:  # reads the header only
+            with open_image(path) as img:  # reads the header only
                 sides.append(min(img.size))
         except OSError:
             continue

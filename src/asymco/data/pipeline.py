@@ -72,7 +72,8 @@ def make_pipeline(
 ) -> Pipeline:
     """The training loader and evaluation batches of `data`, on `device`; images normalised
     with the model's `stats` (mean and std; ImageNet's for the built-in models)."""
-    kind = loader_kind(d)
+    # Tables (hf, parquet) hold arrays or image files: only their loaded data tells which.
+    kind = "files" if data.paths is not None else loader_kind(d)
     eval_batch = d.eval_batch_size or (1024 if device.type == "cuda" else 128)
     if kind == "files":  # decoded by workers, normalised with the model's statistics
         normalize = Normalizer(*stats, device, memory_format)

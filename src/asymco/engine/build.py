@@ -12,6 +12,7 @@ from asymco.config import RunConfig
 from asymco.data.datasets import FILE_DATASETS
 from asymco.data.pipeline import loader_kind
 from asymco.data.prepare import NoisyData
+from asymco.data.tables import TABLE_DATASETS
 from asymco.engine.distributed import Dist
 from asymco.engine.precision import Execution
 from asymco.errors import UserError
@@ -29,7 +30,7 @@ def check_run(cfg: RunConfig) -> None:
         raise UserError("model.name=digits_cnn reads 8x8 images: use it with digits or an npz")
     if model != "digits_cnn" and d.dataset == "digits":
         raise UserError(f"model.name={model} does not fit 8x8 digits; use digits_cnn")
-    if model == "cnn7" and d.dataset in FILE_DATASETS and d.image_size != 32:
+    if model == "cnn7" and d.dataset in (*FILE_DATASETS, *TABLE_DATASETS) and d.image_size != 32:
         raise UserError(
             f"model.name=cnn7 needs 32x32 inputs but data.image_size is "
             f"{d.image_size}; set data.image_size=32 or use resnet50"
