@@ -75,8 +75,9 @@ def test_hf_dataset_dict_with_mixed_sizes_trains_from_its_own_splits(tmp_path: P
     assert (summary["num_train"], summary["num_test"]) == (30, 9)
     assert summary["execution"]["loader"] == "files"  # mixed sizes: decoded by workers
     assert {r["given_class"] for r in issues} == set(CLASSES)  # the ClassLabel's names
+    assert all(r["path"] == f"pets[train]#{r['index']}" for r in issues)  # its row, by name
     by_index = {int(r["index"]): r for r in issues}
-    assert by_index[4]["path"] == "pets[train]#4" and by_index[4]["given_class"] == "dog"
+    assert by_index[4]["given_class"] == "dog"
 
 
 def test_parquet_of_32px_images_with_string_labels_trains_in_memory(tmp_path: Path):
@@ -121,6 +122,7 @@ def test_bad_images_are_left_out_or_stop_naming_the_row(tmp_path: Path, caplog):
     with caplog.at_level("WARNING"):
         source = load_dataset(DataConfig(dataset="parquet", root=str(path)))
     assert len(source.y_train) + len(source.y_test) == 11 and "t.parquet#3" in caplog.text
+    assert [str(p) for p in source.x_train] == [f"t.parquet#{i}" for i in source.train_ids]
     with pytest.raises(UserError, match=r"cannot read image t\.parquet#3"):
         load_dataset(DataConfig(dataset="parquet", root=str(path), on_bad_image="stop"))
 

@@ -86,7 +86,9 @@ class DataConfig:
     """Weak/strong view recipe: `cifar` = crop(32, pad 4) + flip, strong adds the AutoAugment
     CIFAR-10 policy; `digits` = small shifts, strong adds a larger shift and a cutout."""
     normalize: Literal["imagenet", "dataset"] = "imagenet"
-    """The official CIFAR code normalises with ImageNet statistics (act-spec A.7.8)."""
+    """The official CIFAR code normalises with ImageNet statistics (act-spec A.7.8); a timm model
+    normalises with its own pretrained mean and std instead. `dataset`: the training images'
+    own statistics (arrays only; image files always use the model's)."""
 
     def __post_init__(self) -> None:
         for key in ("subset", "test_subset"):

@@ -268,16 +268,20 @@ def _class_ids(parts: list[_Part]) -> tuple[list[str], list[np.ndarray]]:
 
 def as_arrays(source: Source, data: DataConfig) -> Source:
     """`source` with its images decoded into uint8 (N, 32, 32, 3) arrays when every one is an
-    encoded 32x32 image (trained in memory, as an .npz); else as it is, decoded by workers."""
+    encoded 32x32 image (trained in memory, as an .npz); else as it is, decoded by workers.
+    Either way, encoded images keep their row in the table as their id (label_issues.csv)."""
     refs = [*source.x_train, *source.x_test]
-    side = (ARRAY_SIDE, ARRAY_SIDE)
-    if all(isinstance(r, ImageBlob) for r in refs) and all(_size(r) == side for r in refs):
-        return dataclasses.replace(
-            source,
-            x_train=_decode(source.x_train),
-            x_test=_decode(source.x_test),
-            train_ids=np.array([r.row for r in source.x_train], dtype=np.int64),
-        )
+    if not all(isinstance(r, ImageBlob) for r in refs):
+        return _by_workers(source, data)
+    rows = np.array([r.row for r in source.x_train], dtype=np.int64)
+    if not all(_size(r) == (ARRAY_SIDE, ARRAY_SIDE) for r in refs):
+        return dataclasses.replace(_by_workers(source, data), train_ids=rows)
+    return dataclasses.replace(
+        source, x_train=_decode(source.x_train), x_test=_decode(source.x_test), train_ids=rows
+    )
+
+
+def _by_workers(source: Source, data: DataConfig) -> Source:
     if data.loader != "auto":
         raise UserError(
             f"data.loader={data.loader} applies to images held in memory, but the images of "
