@@ -50,6 +50,15 @@ def test_builds_any_timm_model_with_the_asked_classes_and_channels():
     assert gray(torch.randn(2, 1, 32, 32)).shape == (2, 4)
 
 
+def test_a_model_built_for_one_input_size_is_built_for_the_run_s_size():
+    x = torch.randn(1, 3, 32, 32)
+    native = create_model("timm:test_vit_relpos", num_classes=3, pretrained=False)  # 160 px
+    with pytest.raises(AssertionError, match="doesn't match model"):  # timm's own check
+        native.eval()(x)
+    sized = create_model("timm:test_vit_relpos", num_classes=3, pretrained=False, image_size=32)
+    assert sized.eval()(x).shape == (1, 3)
+
+
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_weights_file_loads_backbone_and_keeps_a_fresh_head(tmp_path: Path, suffix: str):
     reference = reference_weights()

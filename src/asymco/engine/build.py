@@ -41,8 +41,10 @@ def check_run(cfg: RunConfig) -> None:
 def build_method(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) -> Method:
     """The method with freshly initialised nets, moved to the device; its training forwards
     wrapped in DDP (several processes) and torch.compile (`train.compile`)."""
-    channels = 3 if data.paths is not None else data.images.shape[-1]
-    options = model_options(cfg.model)
+    files = data.paths is not None  # image files are cropped to data.image_size
+    channels = 3 if files else data.images.shape[-1]
+    side = cfg.data.image_size if files else data.images.shape[1]
+    options = model_options(cfg.model, image_size=side)
     outputs = cfg.model.num_outputs or data.num_classes
     if outputs < data.num_classes:
         raise UserError(f"model.num_outputs={outputs} is below the {data.num_classes} classes")

@@ -46,12 +46,14 @@ def check_model(name: str) -> None:
         )
 
 
-def model_options(cfg: ModelConfig) -> dict[str, Any]:
-    """The keyword settings of `cfg`'s model, for `create_model`."""
+def model_options(cfg: ModelConfig, *, image_size: int) -> dict[str, Any]:
+    """The keyword settings of `cfg`'s model, for `create_model`, reading `image_size` images."""
     if cfg.name == "cnn7":
         return {"mlp_head": cfg.mlp_head}
-    if cfg.name == "resnet50" or is_timm(cfg.name):
+    if cfg.name == "resnet50":
         return {"pretrained": cfg.pretrained, "weights": cfg.weights}
+    if is_timm(cfg.name):
+        return {"pretrained": cfg.pretrained, "weights": cfg.weights, "image_size": image_size}
     return {}
 
 

@@ -72,6 +72,7 @@ def create_timm_model(
     in_channels: int = 3,
     pretrained: bool = True,
     weights: str | Path | None = None,
+    image_size: int | None = None,
 ) -> nn.Module:
     """timm's model `name` ("timm:<arch>") with a fresh `num_classes` head.
 
@@ -82,6 +83,9 @@ def create_timm_model(
         pretrained: Without `weights`, download timm's pretrained weights for `name`.
         weights: A local state_dict or .safetensors file of this model; it takes precedence
             over `pretrained`, and its classifier head is left out. None or "" means no file.
+        image_size: The side of the images it will see; a model built for one input size
+            (ViT, Swin, ...) is built for this one instead (timm resamples pretrained position
+            embeddings). None: the model's own size.
 
     Raises:
         UserError: timm is missing, the name is unknown, the download fails, or the weights
@@ -90,9 +94,13 @@ def create_timm_model(
     timm = _timm()
     arch = timm_arch(name)
     download = pretrained and not weights
+    pretrained_cfg = timm.models.get_pretrained_cfg(arch)
+    sized = {}
+    if image_size and pretrained_cfg and pretrained_cfg.fixed_input_size:
+        sized["img_size"] = image_size  # without it the first batch fails on the size
     try:
         net = timm.create_model(
-            arch, pretrained=download, num_classes=num_classes, in_chans=in_channels
+            arch, pretrained=download, num_classes=num_classes, in_chans=in_channels, **sized
         )
     # Broad on purpose: offline, the Hub client, the cache and a truncated file each fail in
     # their own way; every one needs the same fix.
