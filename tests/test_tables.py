@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -113,6 +114,13 @@ def test_single_dataset_struct_paths_and_hub_parquet_layout(tmp_path: Path):
     assert train.paths[1] == str(tmp_path / "hub" / "pics" / "1.png")
     source = load_dataset(DataConfig(dataset="parquet", root=str(tmp_path / "hub")))
     assert source.is_files and list(source.y_test) == labels[8:]
+    # --test names the test table; a table that has its own test split refuses a second one.
+    files = {"root": str(tmp_path / "hub" / "train-0.parquet"),
+             "test_root": str(tmp_path / "hub" / "test-0.parquet")}  # fmt: skip
+    train, test = table_splits(DataConfig(dataset="parquet", **files))
+    assert (len(train), len(test)) == (8, 4)
+    both = DataConfig(dataset="parquet", root=str(tmp_path / "hub"), test_root=files["test_root"])
+    assert "drop one of them" in one_sentence(both)
 
 
 def test_bad_images_are_left_out_or_stop_naming_the_row(tmp_path: Path, caplog):
@@ -162,6 +170,16 @@ def test_bad_tables_are_one_sentence_each(tmp_path: Path):
                                                           root=str(tmp_path / "none")))
     assert "save_to_disk" in one_sentence(DataConfig(dataset="hf", root=str(tmp_path / "none")))
     assert "does not exist" in one_sentence(DataConfig(dataset="hf", root=str(tmp_path / "x")))
+
+
+def test_a_bad_table_on_the_command_line_is_one_line_and_status_2(tmp_path: Path):
+    images, labels = rows(6)
+    path = write_parquet(tmp_path / "t.parquet", {"jpeg": images, "label": labels})
+    proc = subprocess.run([sys.executable, "-m", "asymco", "train", "--data", f"parquet:{path}"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("asymco: error")]
+    assert len(errors) == 1 and "data.image_column=NAME" in errors[0], proc.stderr
 
 
 def test_loader_pil_on_mixed_sizes_and_a_missing_extra(tmp_path: Path, monkeypatch):

@@ -144,17 +144,29 @@ def test_input_size_and_normalisation_come_from_the_pretrained_config():
     assert x.flatten().tolist() == [-1.0, 1.0] * 3
 
 
-def test_train_a_timm_model_on_an_image_folder(tmp_path: Path, caplog):
+def image_folder(root: Path) -> Path:
+    """root/class<k>/<i>.png: 8 images of mixed sizes per class, each class its own colour."""
+    from PIL import Image
+
     for label in range(3):
         for i in range(8):
             rng = np.random.default_rng(10 * label + i)
             pixels = rng.integers(0, 80, (36 + i, 40, 3), dtype=np.uint8)
             pixels[..., label] += 150
-            folder = tmp_path / "pics" / f"class{label}"
-            folder.mkdir(parents=True, exist_ok=True)
-            from PIL import Image
+            (root / f"class{label}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / f"class{label}" / f"{i}.png")
+    return root
 
-            Image.fromarray(pixels).save(folder / f"{i}.png")
+
+def test_an_unknown_timm_model_on_the_command_line_is_one_line(tmp_path: Path, capsys):
+    data = f"folder:{image_folder(tmp_path / 'pics')}"
+    assert main(["train", "--data", data, "--set", "model.name=timm:resnet18x"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "did you mean timm:resnet18" in errors[0], errors
+
+
+def test_train_a_timm_model_on_an_image_folder(tmp_path: Path, caplog):
+    image_folder(tmp_path / "pics")
     out = tmp_path / "run"
     settings = ["model.name=" + TINY, "model.pretrained=false", "train.epochs=2",
                 "train.warmup_epochs=1", "data.batch_size=8", "train.progress=false",
