@@ -113,19 +113,17 @@ def create_timm_model(
             "model.weights=PATH, or set model.pretrained=false"
         ) from None
     if weights:
-        path = Path(weights).expanduser()
-        fix = f"pass weights of timm's {arch} (a state_dict or .safetensors file)"
-        state = read_state_dict(path, what=f"timm {arch}", fix=fix)
-        head = net.pretrained_cfg.get("classifier") or ()
-        load_matching(
-            net,
-            state,
-            source=str(path),
-            what=f"timm {arch}",
-            fix=fix,
-            head=(head,) if isinstance(head, str) else tuple(head),
-        )
+        _load_file(net, arch, Path(weights).expanduser())
     return net
+
+
+def _load_file(net: nn.Module, arch: str, path: Path) -> None:
+    """`path`'s weights into `net`, its classifier head (named by timm's config) left out."""
+    fix = f"pass weights of timm's {arch} (a state_dict or .safetensors file)"
+    state = read_state_dict(path, what=f"timm {arch}", fix=fix)
+    head = net.pretrained_cfg.get("classifier") or ()
+    head = (head,) if isinstance(head, str) else tuple(head)
+    load_matching(net, state, source=str(path), what=f"timm {arch}", fix=fix, head=head)
 
 
 def timm_input(name: str) -> InputSpec:
