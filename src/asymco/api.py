@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from asymco.augment import InputSpec
 from asymco.config import RunConfig
 from asymco.config_io import apply_overrides, from_dict
 from asymco.engine.build import check_run
@@ -32,6 +33,7 @@ from asymco.engine.run import Trained, run_training
 from asymco.engine.rundir import RunDir
 from asymco.errors import PreemptedError, UserError
 from asymco.methods import METHODS
+from asymco.models import input_spec, is_timm
 from asymco.own_data import choose_defaults, with_own_data
 from asymco.presets import get_preset
 
@@ -74,12 +76,25 @@ def resolve_config(
 def resolve_own_data(
     data: str, test: str | None = None, overrides: list[str] = (), *, preset: str | None = None
 ) -> RunConfig:
-    """Config for your own data (`folder:PATH`, `csv:FILE`, `npz:FILE`): a preset's settings,
+    """Config for your own data (`folder:PATH`, `csv:FILE`, `npz:FILE`, `hf:PATH`,
+    `parquet:PATH`): a preset's settings,
     or (without one) defaults chosen from the data; then the overrides."""
     cfg = with_own_data(get_preset(preset or "custom"), data, test)
     if preset is None:
-        cfg = choose_defaults(cfg)
+        cfg = choose_defaults(*_named_timm_model(cfg, overrides))
     return _overridden(cfg, overrides)
+
+
+def _named_timm_model(cfg: RunConfig, overrides: list[str]) -> tuple[RunConfig, InputSpec | None]:
+    """`cfg` with the timm model the overrides name, and its input (size, normalisation), for
+    choosing defaults around it; other models leave `cfg` as it is."""
+    try:
+        model = apply_overrides(cfg, list(overrides)).model
+    except (TypeError, UserError):  # reported, as one sentence, when the overrides apply
+        return cfg, None
+    if not is_timm(model.name):
+        return cfg, None
+    return dataclasses.replace(cfg, model=model), input_spec(model)
 
 
 def _overridden(cfg: RunConfig, overrides: list[str]) -> RunConfig:

@@ -8,6 +8,7 @@ to torchvision's, grey fill 128 as in the official `CIFAR10Policy`). No PIL, no 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -16,6 +17,17 @@ from asymco.autoaugment import autoaugment_cifar10
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The images a network expects: a square `size` crop of images whose shorter side was
+    resized to `resize`, normalised per channel with `mean` and `std` (in [0, 1] units)."""
+
+    size: int
+    resize: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
 
 def random_crop(x: Tensor, padding: int, gen: torch.Generator) -> Tensor:

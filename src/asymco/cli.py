@@ -249,8 +249,9 @@ def _add_train(train: argparse.ArgumentParser) -> None:
     )
     train.add_argument(
         "--data",
-        help="your own images: folder:PATH (one folder per class), csv:FILE (path,label rows) "
-        "or npz:FILE (x_train, y_train arrays)",
+        help="your own images: folder:PATH (one folder per class), csv:FILE (path,label rows), "
+        "npz:FILE (x_train, y_train arrays), hf:PATH (a datasets.save_to_disk folder) or "
+        "parquet:PATH (a .parquet file or folder with image and label columns)",
     )
     train.add_argument(
         "--test",

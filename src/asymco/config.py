@@ -29,19 +29,28 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    dataset: Literal["cifar10", "cifar100", "digits", "folder", "csv", "npz", "web", "food101n"] = (
-        "cifar100"
-    )
+    dataset: Literal[
+        "cifar10", "cifar100", "digits", "folder", "csv", "npz", "hf", "parquet", "web", "food101n"
+    ] = "cifar100"
     """Image source. CIFAR comes from an .npz, a torchvision folder or torchvision's download;
-    `folder` (root/<class>/<image>), `csv` (path,label) and `npz` (x_train, y_train) are your
-    own data; `web` (root/train, root/val) and `food101n` are the paper's real-noise sets."""
+    `folder` (root/<class>/<image>), `csv` (path,label), `npz` (x_train, y_train), `hf` (a
+    Hugging Face `datasets.save_to_disk` folder) and `parquet` (a .parquet file or a folder of
+    them) are your own data; `web` (root/train, root/val) and `food101n` are the paper's
+    real-noise sets."""
     root: str | None = None
     """Where the data is: an .npz file, a folder holding `<dataset>.npz` or torchvision's CIFAR
     folder, or the download cache (None = `$ASYMCO_DATA` or `~/.cache/asymco`); the folder, CSV
-    file or .npz file of your own data; the web set's or Food-101N's root."""
+    file, .npz file, hf folder or Parquet file or folder of your own data; the web set's or
+    Food-101N's root."""
     test_root: str | None = None
     """Test split of your own data (same kind as `root`), or Food-101's root for food101n
     (None: `<root>/food-101`). Without one, own data is split with `holdout_fraction`."""
+    image_column: str | None = None
+    """hf/parquet: the column of images (encoded bytes, Hugging Face Image structs or paths
+    relative to the Parquet file); None = the first of image, img, ... that the table has."""
+    label_column: str | None = None
+    """hf/parquet: the column of labels (integers, with names from a Hugging Face ClassLabel,
+    or strings); None = the first of label, labels, ... that the table has."""
     holdout_fraction: float = 0.2
     """Share of your own data held out (seeded by `subset_seed`) when there is no test split."""
     image_size: int = 32
@@ -78,7 +87,9 @@ class DataConfig:
     """Weak/strong view recipe: `cifar` = crop(32, pad 4) + flip, strong adds the AutoAugment
     CIFAR-10 policy; `digits` = small shifts, strong adds a larger shift and a cutout."""
     normalize: Literal["imagenet", "dataset"] = "imagenet"
-    """The official CIFAR code normalises with ImageNet statistics (act-spec A.7.8)."""
+    """The official CIFAR code normalises with ImageNet statistics (act-spec A.7.8); a timm model
+    normalises with its own pretrained mean and std instead. `dataset`: the training images'
+    own statistics (arrays only; image files always use the model's)."""
 
     def __post_init__(self) -> None:
         for key in ("subset", "test_subset"):
@@ -126,19 +137,29 @@ class NoiseConfig:
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     name: str = "cnn7"
-    """`cnn7`: the paper's CIFAR CNN (6 conv + MLP head, act-spec B.1); `digits_cnn` for digits."""
+    """`cnn7`: the paper's CIFAR CNN (6 conv + MLP head, act-spec B.1); `digits_cnn` for digits;
+    `resnet50`: torchvision's ResNet-50; `timm:<name>`: any timm model, e.g. `timm:resnet18` or
+    `timm:convnext_tiny.fb_in1k` (pip install "asymco[timm]"), whose pretrained config gives
+    your own data's default image size and the normalisation."""
     mlp_head: bool = True
     """cnn7 only: ACT's 2-layer MLP head (faithful); false = Jo-SRC's single Linear(256, K)."""
     pretrained: bool = True
-    """resnet50 only: start from torchvision's ImageNet IMAGENET1K_V1 weights (downloaded)."""
+    """resnet50 and timm models: start from pretrained weights, downloaded (resnet50:
+    torchvision's ImageNet IMAGENET1K_V1; timm: the model's own, from the Hugging Face Hub)."""
     weights: str | None = None
-    """resnet50 only: a local file with those weights (for machines without a network)."""
+    """resnet50 and timm models: a local file with those weights, a state_dict or .safetensors
+    (for machines without a network); its classifier head is left out."""
     num_outputs: int | None = None
     """Logits of the nets; None = the number of classes. The official Food-101N code uses 200
     for its 101 classes (act-spec C.3): set 200 to reproduce that quirk."""
 
     def __post_init__(self) -> None:
         _check(self.num_outputs is None or self.num_outputs > 1, "model.num_outputs", "must be > 1")
+        _check(
+            self.name != "timm:" and self.name.strip() == self.name,
+            "model.name",
+            f"{self.name!r} names no model; a timm model is timm:<name>, e.g. timm:resnet18",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

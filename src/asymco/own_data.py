@@ -1,4 +1,5 @@
-"""Your own data on the command line: `--data folder:PATH | csv:FILE | npz:FILE`.
+"""Your own data on the command line: `--data folder:PATH | csv:FILE | npz:FILE | hf:PATH |
+parquet:PATH`.
 
 Without a preset, the model, image size and schedule are chosen from the data's size and image
 size, and printed, so a first run needs no settings; every choice can still be overridden.
@@ -13,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asymco.augment import InputSpec
 from asymco.config import RunConfig
 from asymco.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("folder", "csv", "npz")
+KINDS = ("folder", "csv", "npz", "hf", "parquet")
 CPU_BUDGET = "15m"
 """The own-data default's time budget on a CPU (`train.budget`, not filled: fewer epochs
 only when the size-based schedule would take longer)."""
@@ -28,7 +30,10 @@ def parse_spec(spec: str, *, flag: str = "--data") -> tuple[str, str]:
     """`kind:path` -> (kind, path)."""
     kind, sep, path = spec.partition(":")
     if not sep or kind not in KINDS or not path:
-        raise UserError(f"{flag} must look like folder:PATH, csv:FILE or npz:FILE, got {spec!r}")
+        raise UserError(
+            f"{flag} must look like folder:PATH, csv:FILE, npz:FILE, hf:PATH or parquet:PATH, "
+            f"got {spec!r}"
+        )
     return kind, path
 
 
@@ -59,24 +64,25 @@ def _survey(cfg: RunConfig) -> tuple[int, int, int]:
         )
         shape = own.x.shape
         return shape[0], min(shape[1:3]), shape[3]
-    from PIL import Image
+    from asymco.data.encoded import open_image
 
     split, _ = own_splits(d)
     sides = []
     for path in split.paths[:: max(1, len(split.paths) // 20)][:20]:
         try:
-            with Image.open(path) as img:  # reads the header only
+            with open_image(path) as img:  # reads the header only
                 sides.append(min(img.size))
         except OSError:
             continue
     return len(split.paths), int(np.median(sides)) if sides else 224, 3
 
 
-def choose_defaults(cfg: RunConfig) -> RunConfig:
-    """Model, image size, batch and schedule for a user's data, chosen from its size."""
+def choose_defaults(cfg: RunConfig, model_input: InputSpec | None = None) -> RunConfig:
+    """Model, image size, batch and schedule for a user's data, chosen from its size; or, given
+    the `model_input` of the model `cfg` names (a timm model), fine-tuning at its input size."""
     d = cfg.data
     n, side, channels = _survey(cfg)
-    small = side <= 64
+    small = side <= 64 and model_input is None
     if small:
         model = "digits_cnn" if side == 8 else "cnn7"
         epochs, warmup = (100, 20) if n < 10_000 else (150, 50)
@@ -91,10 +97,11 @@ def choose_defaults(cfg: RunConfig) -> RunConfig:
         optim = dataclasses.replace(
             cfg.optim, lr=0.01, warmup_lr=0.01, lr_decay=f"cosine:{warmup},5e-4,{epochs}"
         )
-    else:  # fine-tune an ImageNet ResNet-50, as the paper does on web images
-        model = "resnet50"
+    else:  # fine-tune an ImageNet ResNet-50 (or the named model), as the paper does on web images
+        model = cfg.model.name if model_input else "resnet50"
+        size = model_input or InputSpec(224, 256)
         epochs, warmup = (30, 5) if n < 50_000 else (20, 4)
-        data = dataclasses.replace(d, image_size=224, resize=256, batch_size=32)
+        data = dataclasses.replace(d, image_size=size.size, resize=size.resize, batch_size=32)
         optim = dataclasses.replace(
             cfg.optim, lr=0.005, warmup_lr=0.005, lr_decay=f"cosine:{warmup},5e-5,{epochs}"
         )

@@ -143,7 +143,8 @@ for _row in _CIFARN:
 def _custom() -> RunConfig:
     return RunConfig(
         preset="custom",
-        description="your own images: --data folder:PATH | csv:FILE | npz:FILE (ACT, "
+        description="your own images: --data folder:PATH | csv:FILE | npz:FILE | hf:PATH | "
+        "parquet:PATH (ACT, "
         "defaults chosen from the data)",
         data=DataConfig(dataset="folder"),
         noise=NoiseConfig(kind="none", rate=0.0),

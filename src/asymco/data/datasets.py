@@ -28,6 +28,7 @@ from asymco.data.layouts import (
     web_dataset,
 )
 from asymco.data.sources import Source, default_root, load_source
+from asymco.data.tables import TABLE_DATASETS, as_arrays, table_splits
 from asymco.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def load_dataset(data: DataConfig, *, workers: int = 0) -> Source:
     check = {"workers": workers, "on_bad_image": data.on_bad_image}
     train = keep_good_images(train, name="training", **check)
     test = keep_good_images(test, name="test", **check)
-    return Source(
+    source = Source(
         train.paths,
         train.labels,
         test.paths,
@@ -78,13 +79,16 @@ def load_dataset(data: DataConfig, *, workers: int = 0) -> Source:
         origin=f"{data.dataset} {root}",
         clean_known=clean_known,
     )
+    return as_arrays(source, data) if data.dataset in TABLE_DATASETS else source
 
 
 def own_splits(data: DataConfig) -> tuple[FolderSplit, FolderSplit | None]:
-    """The training split of a user's `folder` or `csv` data and its `--test` split (None
-    without one), both checked, without decoding any image."""
+    """The training split of a user's `folder`, `csv`, `hf` or `parquet` data and its test split
+    (None without one), both checked, without decoding any image."""
     if data.root is None:
         raise UserError(f"data.dataset={data.dataset} needs --data {data.dataset}:PATH")
+    if data.dataset in TABLE_DATASETS:
+        return table_splits(data)
     train = _own_split(data.dataset, Path(data.root).expanduser())
     if not data.test_root:
         return train, None

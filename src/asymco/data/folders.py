@@ -31,6 +31,7 @@ from torchvision.transforms import functional as TF
 
 from asymco.augment import Normalizer
 from asymco.batch import EvalBatches
+from asymco.data.encoded import ImageBlob, image_refs, open_image
 from asymco.data.layouts import FolderSplit
 from asymco.data.loader import WorkerLoader
 from asymco.data.sharding import BatchPlan, item_seed
@@ -42,10 +43,10 @@ logger = logging.getLogger(__name__)
 OnBadImage = Literal["skip", "stop"]
 
 
-def _problem(path: str, decode: bool) -> str | None:
-    """None if `path` decodes to RGB, else why not."""
+def _problem(path: str | ImageBlob, decode: bool) -> str | None:
+    """None if `path` (or encoded image) decodes to RGB, else why not."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             if decode:
                 # JPEG only: decode at 1/8 scale. Every byte of the stream is still read, so
                 # truncation and corrupt data show up, at a fraction of the full decode's cost.
@@ -85,7 +86,7 @@ def verify_images(
     if on_bad_image not in ("skip", "stop"):
         raise ValueError(f"on_bad_image must be 'skip' or 'stop', got {on_bad_image!r}")
     ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok  # threads share it: set once, before the pool
-    paths = [str(p) for p in paths]
+    paths = [p if isinstance(p, ImageBlob) else str(p) for p in paths]
     bad = np.zeros(len(paths), dtype=bool)
     chunks = [range(s, min(s + 256, len(paths))) for s in range(0, len(paths), 256)]
 
@@ -172,7 +173,7 @@ class FolderViewDataset(Dataset):
         if size < 1 or resize < 1:
             raise ValueError(f"size and resize must be positive, got {size} and {resize}")
         in_memory = isinstance(paths, np.ndarray) and paths.ndim == 4
-        self.paths = paths if in_memory else np.asarray(paths, dtype=np.str_)
+        self.paths = paths if in_memory else image_refs(paths)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.train, self.size, self.resize = train, size, resize
         self.views = views
@@ -191,9 +192,9 @@ class FolderViewDataset(Dataset):
                 "RGB"
             )
         ImageFile.LOAD_TRUNCATED_IMAGES = self.truncated_ok
-        path = str(self.paths[index])
+        path = self.paths[index]
         try:
-            with Image.open(path) as img:
+            with open_image(path if isinstance(path, ImageBlob) else str(path)) as img:
                 if img.mode == "P" and "transparency" in img.info:
                     img = img.convert("RGBA")  # PIL warns when a palette with alpha goes to RGB
                 return img.convert("RGB")

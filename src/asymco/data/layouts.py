@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asymco.data.encoded import image_refs
 from asymco.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -34,13 +35,14 @@ class FolderSplit:
     """One split of an image dataset: `paths[i]` has class `classes[labels[i]]`."""
 
     paths: np.ndarray
-    """(N,) str absolute image paths (a fixed-width numpy str array: workers share it cheaply)."""
+    """(N,) str absolute image paths (a fixed-width numpy str array: workers share it cheaply),
+    or an object array where some images are encoded bytes (`encoded.ImageBlob`)."""
     labels: np.ndarray
     """(N,) int64 indices into `classes`."""
     classes: list[str]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "paths", np.asarray(self.paths, dtype=np.str_).reshape(-1))
+        object.__setattr__(self, "paths", image_refs(self.paths))
         object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64).reshape(-1))
         if len(self.paths) != len(self.labels):
             raise ValueError(f"{len(self.paths)} paths but {len(self.labels)} labels")

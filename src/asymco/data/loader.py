@@ -23,6 +23,9 @@ from asymco.augment import IMAGENET_MEAN, IMAGENET_STD, VIEWS, Normalizer
 from asymco.batch import Batch, EvalBatches
 from asymco.data.sharding import BatchPlan
 
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+"""Per-channel (mean, std) of normalisation, in [0, 1] units."""
+
 
 def to_device_images(images: np.ndarray, device: torch.device) -> Tensor:
     """(N, H, W, C) uint8 numpy -> (N, C, H, W) uint8 tensor on `device`."""
@@ -36,10 +39,13 @@ def normalizer_for(
     mode: str,
     device: torch.device,
     memory_format: torch.memory_format = torch.contiguous_format,
+    *,
+    stats: Stats = (IMAGENET_MEAN, IMAGENET_STD),
 ) -> Normalizer:
-    """ImageNet statistics (the official CIFAR choice) or the training images' own statistics."""
+    """The model's statistics for RGB images with mode "imagenet" (ImageNet's, the official
+    CIFAR choice, for the built-in models), else the training images' own statistics."""
     if mode == "imagenet" and images.shape[-1] == 3:
-        return Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, memory_format)
+        return Normalizer(*stats, device, memory_format)
     flat = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
     return Normalizer(tuple(flat.mean(0)), tuple(flat.std(0) + 1e-8), device, memory_format)
 

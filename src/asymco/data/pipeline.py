@@ -24,7 +24,13 @@ from asymco.config import DataConfig
 from asymco.data.arrays import SMALL_SIDE
 from asymco.data.datasets import FILE_DATASETS
 from asymco.data.folders import FolderLoader, folder_test_batches
-from asymco.data.loader import ArrayLoader, array_batches, normalizer_for, to_device_images
+from asymco.data.loader import (
+    ArrayLoader,
+    Stats,
+    array_batches,
+    normalizer_for,
+    to_device_images,
+)
 from asymco.data.pil_loader import PilLoader
 from asymco.data.prepare import NoisyData
 from asymco.data.sharding import BatchPlan
@@ -70,12 +76,15 @@ def make_pipeline(
     device: torch.device,
     memory_format: torch.memory_format,
     workers: int,
+    stats: Stats = (IMAGENET_MEAN, IMAGENET_STD),
 ) -> Pipeline:
-    """The training loader and evaluation batches of `data`, on `device`."""
-    kind = loader_kind(d)
+    """The training loader and evaluation batches of `data`, on `device`; images normalised
+    with the model's `stats` (mean and std; ImageNet's for the built-in models)."""
+    # Tables (hf, parquet) hold arrays or image files: only their loaded data tells which.
+    kind = "files" if data.paths is not None else loader_kind(d)
     eval_batch = eval_batch_size(d, device)
-    if kind in ("files", "workers"):  # per image in workers, normalised as ImageNet
-        normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device, memory_format)
+    if kind in ("files", "workers"):  # per image in workers, with the model's statistics
+        normalize = Normalizer(*stats, device, memory_format)
         size = {"size": d.image_size, "resize": d.resize or d.image_size}
         files = {"workers": workers, "normalize": normalize, "device": device, **size}
 
@@ -86,7 +95,7 @@ def make_pipeline(
         loader = FolderLoader(train, data.noisy_label, plan=plan, **files)
         test = from_files(data.test_images, data.test_label)
         return Pipeline(loader, test, from_files(train, data.noisy_label), kind)
-    normalize = normalizer_for(data.images, d.normalize, device, memory_format)
+    normalize = normalizer_for(data.images, d.normalize, device, memory_format, stats=stats)
     common = {"plan": plan, "device": device, "views": d.views, "normalize": normalize}
     if kind == "pil":
         loader = PilLoader(data.images, data.noisy_label, workers=workers, **common)

@@ -12,24 +12,25 @@ from asymco.config import RunConfig
 from asymco.data.datasets import FILE_DATASETS
 from asymco.data.pipeline import loader_kind
 from asymco.data.prepare import NoisyData
+from asymco.data.tables import TABLE_DATASETS
 from asymco.engine.distributed import Dist
 from asymco.engine.precision import Execution
 from asymco.errors import UserError
 from asymco.methods import METHODS, Method, create_method
-from asymco.models import MODELS, create_model
+from asymco.models import check_model, create_model, model_options
 
 
 def check_run(cfg: RunConfig) -> None:
     """Fail on an unknown method or model, a model that cannot read the dataset's images, or a
     loader that cannot apply, before any data is loaded."""
     METHODS.get(cfg.method.name)
-    MODELS.get(cfg.model.name)
+    check_model(cfg.model.name)
     d, model = cfg.data, cfg.model.name
     if model == "digits_cnn" and d.dataset not in ("digits", "npz"):
         raise UserError("model.name=digits_cnn reads 8x8 images: use it with digits or an npz")
     if model != "digits_cnn" and d.dataset == "digits":
         raise UserError(f"model.name={model} does not fit 8x8 digits; use digits_cnn")
-    if model == "cnn7" and d.dataset in FILE_DATASETS and d.image_size != 32:
+    if model == "cnn7" and d.dataset in (*FILE_DATASETS, *TABLE_DATASETS) and d.image_size != 32:
         raise UserError(
             f"model.name=cnn7 needs 32x32 inputs but data.image_size is "
             f"{d.image_size}; set data.image_size=32 or use resnet50"
@@ -40,12 +41,12 @@ def check_run(cfg: RunConfig) -> None:
 def build_method(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) -> Method:
     """The method with freshly initialised nets, moved to the device; its training forwards
     wrapped in DDP (several processes) and torch.compile (`train.compile`)."""
-    # Images decoded per image in workers are RGB; in-memory CNN inputs keep their channels.
-    channels = 3 if loader_kind(cfg.data) in ("files", "workers") else data.images.shape[-1]
-    model_options = {
-        "cnn7": {"mlp_head": cfg.model.mlp_head},
-        "resnet50": {"pretrained": cfg.model.pretrained, "weights": cfg.model.weights},
-    }.get(cfg.model.name, {})
+    # Images decoded per image in workers (files, large arrays) are RGB, cropped to
+    # data.image_size; in-memory CNN inputs keep their channels and size.
+    files = data.paths is not None or loader_kind(cfg.data) == "workers"
+    channels = 3 if files else data.images.shape[-1]
+    side = cfg.data.image_size if files else data.images.shape[1]
+    options = model_options(cfg.model, image_size=side)
     outputs = cfg.model.num_outputs or data.num_classes
     if outputs < data.num_classes:
         raise UserError(f"model.num_outputs={outputs} is below the {data.num_classes} classes")
@@ -57,7 +58,7 @@ def build_method(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) ->
         epochs=cfg.train.epochs,
         warmup_epochs=cfg.train.warmup_epochs,
         make_model=lambda: create_model(
-            cfg.model.name, num_classes=outputs, in_channels=channels, **model_options
+            cfg.model.name, num_classes=outputs, in_channels=channels, **options
         ),
     )
     if dist.enabled and exe.device.type == "cuda" and cfg.train.sync_batchnorm:

@@ -44,6 +44,7 @@ from asymco.engine.timing import (
     remaining_seconds,
 )
 from asymco.methods.base import Method
+from asymco.models import input_spec
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ def run_pipeline(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) ->
     plan = BatchPlan(
         len(data.noisy_label), cfg.data.batch_size, cfg.train.seed, rank=dist.rank, world=dist.world
     )
+    spec = input_spec(cfg.model)  # the model's normalisation (ImageNet's for built-in models)
     return make_pipeline(
         cfg.data,
         data,
@@ -141,6 +143,7 @@ def run_pipeline(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) ->
         device=exe.device,
         memory_format=exe.memory_format(),
         workers=workers_for(cfg.data),
+        stats=(spec.mean, spec.std),
     )
 
 

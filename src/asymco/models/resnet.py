@@ -6,7 +6,6 @@ Recognition", CVPR 2016), ImageNet-pretrained as the paper uses it, followed by 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet50_Weights
 
 from asymco.errors import UserError
+from asymco.models.weights import describe, load_matching, read_state_dict
 
 FEATURES = 2048
 """Width of ResNet-50's pooled features (the input of the head)."""
@@ -25,7 +25,9 @@ FEATURES = 2048
 # IMAGENET1K_V1 (76.13 % top-1), not the newer IMAGENET1K_V2 that `DEFAULT` names today.
 PAPER_WEIGHTS = ResNet50_Weights.IMAGENET1K_V1
 
-_HEAD_PREFIX = "fc."  # torchvision's 1000-class ImageNet head; never used here
+_FIX = "pass torchvision's resnet50 weights (a state_dict of torchvision.models.resnet50)"
+# torchvision's 1000-class ImageNet head `fc`: never used here.
+_CHECK = {"what": "resnet50", "fix": _FIX, "head": ("fc",)}
 
 
 class ResNet50(nn.Module):
@@ -76,9 +78,10 @@ class ResNet50(nn.Module):
         backbone.fc = nn.Identity()
         if weights:
             path = Path(weights).expanduser()
-            _load_backbone(backbone, _read_state_dict(path), source=str(path))
+            state = read_state_dict(path, what="resnet50", fix=_FIX)
+            load_matching(backbone, state, source=str(path), **_CHECK)
         elif pretrained:
-            _load_backbone(backbone, _download_paper_weights(), source=PAPER_WEIGHTS.url)
+            load_matching(backbone, _download_paper_weights(), source=PAPER_WEIGHTS.url, **_CHECK)
         self.features = backbone
         self.classifier = nn.Linear(FEATURES, num_classes)
         nn.init.kaiming_normal_(self.classifier.weight, mode="fan_in", nonlinearity="relu")
@@ -86,23 +89,6 @@ class ResNet50(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
-
-
-def _read_state_dict(path: Path) -> Mapping[str, Any]:
-    if not path.is_file():
-        raise UserError(
-            f"resnet50 weights file {path} does not exist; fix model.weights or leave it unset"
-        )
-    try:
-        # weights_only: a weights file from elsewhere must not be able to run code.
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    # Corrupt bytes can make the unpickler fail in any way (IndexError, KeyError, ...).
-    except Exception as err:
-        raise UserError(
-            f"resnet50 weights file {path} could not be read as a PyTorch state_dict "
-            f"({_describe(err)}); point model.weights at torchvision's resnet50 weights"
-        ) from None
-    return state
 
 
 def _download_paper_weights() -> Mapping[str, Any]:
@@ -116,57 +102,6 @@ def _download_paper_weights() -> Mapping[str, Any]:
     except Exception as err:
         raise UserError(
             f"could not get torchvision's ImageNet resnet50 weights ({PAPER_WEIGHTS}) from "
-            f"{PAPER_WEIGHTS.url} into {cache} ({_describe(err, corrupt=False)}); download "
+            f"{PAPER_WEIGHTS.url} into {cache} ({describe(err, corrupt=False)}); download "
             "that file elsewhere and pass model.weights=PATH, or set model.pretrained=false"
         ) from None
-
-
-def _load_backbone(backbone: nn.Module, state: Any, *, source: str) -> None:
-    """Load `state` into `backbone` strictly, ignoring torchvision's `fc.*` head entries."""
-    if not isinstance(state, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
-    ):
-        hint = ""
-        if isinstance(state, Mapping) and ({"state_dict", "model"} & set(state)):
-            hint = " (it looks like a training checkpoint: save its state_dict on its own)"
-        raise UserError(
-            f"resnet50 weights {source} are not a state_dict (a dict of tensors){hint}; "
-            "pass torchvision's resnet50 weights"
-        )
-    state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIX)}
-    expected = backbone.state_dict()
-    # Files saved before BatchNorm had `num_batches_tracked` (torchvision's older downloads)
-    # lack those counters; load_state_dict fills them in, so their absence is no mismatch.
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    problems = [
-        f"{label} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shapes", wrong_shape),
-        )
-        if keys
-    ]
-    if problems:
-        raise UserError(
-            f"resnet50 weights {source} do not match torchvision's resnet50 backbone "
-            f"({'; '.join(problems)}); pass a state_dict of torchvision.models.resnet50"
-        )
-    backbone.load_state_dict(state, strict=True)
-
-
-def _describe(err: BaseException, *, corrupt: bool = True) -> str:
-    """One line for `err`; torch's weights_only refusals are paragraphs of advice."""
-    text = str(err).strip() or type(err).__name__
-    if "Weights only load failed" in text:
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        needs = found.group(1) if found else "objects other than tensors"
-        return f"it needs {needs}, which a state_dict never does, so it was not unpickled"
-    line = text.splitlines()[0]
-    return f"it looks corrupt or was not written by torch.save: {line}" if corrupt else line
