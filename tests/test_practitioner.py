@@ -53,7 +53,7 @@ def test_find_label_issues_mask_and_ranking(tmp_path):
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({}, "either images"),
     ({"images": np.zeros((4, 32, 32, 3), np.uint8)}, "labels="),
-    ({"images": np.full((4, 32, 32, 3), 3.0, np.float32), "labels": np.zeros(4, int)}, "in \\[0, 1\\]"),
+    ({"images": np.full((4, 8, 8), 3.0, np.float32), "labels": np.zeros(4, int)}, "in \\[0, 1\\]"),
     ({"images": np.zeros((4, 32, 32, 3), np.uint8), "labels": np.zeros(3, int)}, "4 images"),
     ({"images": np.zeros((4, 32, 32, 3), np.uint8), "labels": np.zeros(4)}, "integers"),
 ])
