@@ -86,8 +86,7 @@ def resolve_own_data(
 
 
 def _named_timm_model(cfg: RunConfig, overrides: list[str]) -> tuple[RunConfig, InputSpec | None]:
-    """`cfg` with the timm model the overrides name, and its input (size, normalisation), for
-    choosing defaults around it; other models leave `cfg` as it is."""
+    """`cfg` with the timm model the overrides name and its input spec (else `cfg`, None)."""
     try:
         model = apply_overrides(cfg, list(overrides)).model
     except (TypeError, UserError):  # reported, as one sentence, when the overrides apply
@@ -123,9 +122,8 @@ def train(
     resume: bool = False,
     started: float | None = None,
 ) -> RunResult:
-    """Train `cfg` into a run directory (new, or continued from its checkpoint with `resume`).
-    `started`: the `time.perf_counter()` the run's wall time and `train.budget` count from
-    (the CLI passes its start, so imports and data checks count too); default now.
+    """Train `cfg` into a run directory (new, or continued from its checkpoint with `resume`);
+    its wall time and `train.budget` count from `started` (a `time.perf_counter()`; now).
 
     Under torchrun every process calls this; they train together and rank 0 writes the run.
 
