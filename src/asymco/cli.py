@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from asymco._clock import command_started
 from asymco.errors import PreemptedError, UserError
 
 EXIT_USAGE = 2
@@ -47,7 +48,6 @@ def _check_out(out: str) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from asymco import api
-    from asymco._clock import LOADED_AT
 
     if args.out is not None:
         _check_out(args.out)
@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = replace(cfg, train=replace(cfg.train, device=args.device))
         if args.resume:
             raise UserError("--device cannot change on --resume; it is part of the saved run")
-    result = api.train(cfg, out_dir=args.out, resume=args.resume, started=LOADED_AT)
+    result = api.train(cfg, out_dir=args.out, resume=args.resume, started=args.started)
     if _is_main_process():
         print(api.describe_run(result.summary, result.run_dir))
     return 0
@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         args = build_parser().parse_args(argv)
+        args.started = command_started()
         return args.func(args)
     except UserError as err:
         if speaks:
