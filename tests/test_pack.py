@@ -195,6 +195,9 @@ def test_runs_that_cannot_share_a_pack_are_refused(tmp_path):
     with pytest.raises(UserError, match="cannot be packed"):
         api.train_pack([_quick(1, method="dividemix"), _quick(2, method="dividemix")],
                        [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(UserError, match=r"train\.budget chooses each run's epochs"):
+        api.train_pack([_quick(1, "train.budget=1m"), _quick(2, "train.budget=1m")],
+                       [tmp_path / "a", tmp_path / "b"])
     assert not (tmp_path / "a").exists()  # refused before anything was written
     assert pack_key(_quick(1)) == pack_key(_quick(2, "noise.rate=0.2"))
 

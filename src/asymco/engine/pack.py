@@ -53,6 +53,8 @@ def why_unpackable(cfg: RunConfig, method_class: type[Method]) -> str | None:
         return "fp16's gradient scaler would skip a step for every member when one overflows"
     if t.compile:
         return "train.compile applies to single nets"
+    if t.budget:
+        return "train.budget chooses each run's epochs from its own measured step times"
     return None
 
 
