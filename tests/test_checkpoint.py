@@ -11,6 +11,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -176,12 +177,13 @@ def test_disk_too_small_fails_before_training(tmp_path, monkeypatch, capsys):
 
 def test_non_finite_loss_mid_epoch_keeps_the_last_good_step_checkpoint(tmp_path, monkeypatch,
                                                                       capsys):
-    original, steps = ACT.training_step, {"n": 0}
+    original, steps = ACT.training_step, weakref.WeakKeyDictionary()
 
     def poisoned(self, batch):
         out = original(self, batch)
-        steps["n"] += 1
-        if self.epoch == 1 and steps["n"] == 23 + 8:  # epoch 1 (23 steps each), step 7
+        # Counted per net pair: the run's step-time probe trains a throwaway pair for 3 steps.
+        steps[self] = steps.get(self, 0) + 1
+        if self.epoch == 1 and steps[self] == 23 + 8:  # epoch 1 (23 steps each), step 7
             out["loss"] = out["loss"] * float("inf")
         return out
 
