@@ -72,7 +72,8 @@ def test_corrupt_npz_is_refused(tmp_path):
 
 
 def test_resume_needs_a_checkpoint(tmp_path):
-    assert_clean_error(run_cli("train", "--resume", "--out", str(tmp_path)), "checkpoint")
+    assert_clean_error(run_cli("train", "--resume", "--out", str(tmp_path)),
+                       "holds no run to continue")
 
 
 def test_existing_run_is_never_overwritten(tmp_path):

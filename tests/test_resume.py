@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +41,16 @@ ACCURACY_KEYS = ("test_acc_last10_mean", "test_acc_last10_std", "test_acc_best",
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def command(out: Path, processes: int, *, resume: bool = False) -> list[str]:
+def command(out: Path, processes: int, *, resume: bool = False, restarts: int = 0) -> list[str]:
+    """The run's command; with `resume`, the same command plus --resume, as a scheduler's
+    requeue (or torchrun's `--max-restarts`) runs it again."""
     launcher = [sys.executable, "-m", "asymco"]
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc-per-node={processes}", "-m", "asymco"]
-    if resume:
-        return [*launcher, "train", "--resume", "--out", str(out)]
+                    f"--nproc-per-node={processes}", f"--max-restarts={restarts}", "-m", "asymco"]
     args = [x for s in SETTINGS for x in ("--set", s)]
-    return [*launcher, "train", "--preset", "quickstart", *args, "--out", str(out)]
+    again = ["--resume"] if resume else []
+    return [*launcher, "train", "--preset", "quickstart", *args, "--out", str(out), *again]
 
 
 def run(out: Path, processes: int, *, resume: bool = False) -> None:
@@ -81,28 +83,44 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def kill_all(proc: subprocess.Popen) -> None:
+    """The launcher and every rank, as a crashed node. torchrun starts each rank in a session of
+    its own, so killing the launcher's process group would leave them running."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
+def wait_for(proc: subprocess.Popen, ready: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        if ready():
+            return
+        time.sleep(0.005)
+    pytest.fail(f"the run never reached {what}")
+
+
+def start(out: Path, processes: int, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(command(out, processes, **kwargs), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
 def kill_mid_epoch(out: Path, processes: int, *, epoch: int) -> dict:
     """Start a run and SIGKILL all its processes right after a mid-epoch checkpoint of `epoch`
     (after step 5 or 10 of 23, so the kill lands well inside the epoch). Returns the checkpoint
     the run left."""
-    proc = subprocess.Popen(command(out, processes), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+
+    def mid_epoch() -> bool:
+        state = read_checkpoint(out / "checkpoint.pt")
+        return bool(state) and len(state["history"]) == epoch and state["step"] in (5, 10)
+
+    proc = start(out, processes)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            state = read_checkpoint(out / "checkpoint.pt")
-            if state and len(state["history"]) == epoch and state["step"] in (5, 10):
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("the run never reached the middle of the epoch")
+        wait_for(proc, mid_epoch, "the middle of the epoch")
     finally:
-        # The launcher and every rank, as a crashed node. torchrun starts each rank in a
-        # session of its own, so killing the launcher's process group would leave them running.
-        for pid in [proc.pid, *descendants(proc.pid)]:
-            os.kill(pid, signal.SIGKILL)
-        proc.wait()
+        kill_all(proc)
     assert proc.returncode == -signal.SIGKILL
     left = read_checkpoint(out / "checkpoint.pt")
     time.sleep(1)  # nothing may still be running and writing into the run
@@ -254,4 +272,53 @@ def test_sigterm_stops_every_process_of_a_distributed_run(pair: Path, runs: Path
     assert len(left["history"]) == 1 and left["step"] in (10, 20), err[-2000:]
     assert "stopped by SIGTERM at epoch 1" in err
     run(out, 2, resume=True)
+    assert_same_run(out, pair)
+
+
+def test_killed_in_its_first_epoch_the_same_command_finishes_it(alone: Path, runs: Path):
+    """SIGKILL before the first checkpoint (config.yaml and the noisy labels written, nothing
+    else): the same command with --resume starts it again and ends as an uninterrupted run."""
+    out = runs / "first-epoch"
+    proc = start(out, 1, resume=True)
+    try:
+        wait_for(proc, (out / "noisy_labels.npy").exists, "its first epoch")
+    finally:
+        kill_all(proc)
+    assert (out / "config.yaml").exists() and not (out / "checkpoint.pt").exists()
+    run(out, 1, resume=True)
+    assert_same_run(out, alone)
+
+
+def test_two_runs_on_one_out_leave_one_run_and_one_refusal(alone: Path, runs: Path):
+    out = runs / "twice"
+    first = start(out, 1)
+    wait_for(first, (out / ".asymco.lock").exists, "its lock")
+    for again in (False, True):
+        second = subprocess.run(command(out, 1, resume=again), env=ENV, capture_output=True,
+                                text=True, timeout=600)
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"another asymco process (pid {first.pid} " in lines[0], lines
+    assert first.wait(timeout=600) == 0, first.stderr.read().decode()[-3000:]
+    assert_same_run(out, alone)  # the first run's files, untouched by the second
+
+
+def test_torchrun_max_restarts_continues_with_the_same_command(pair: Path, runs: Path):
+    """`torchrun --max-restarts=1 ... --resume`: rank 0 killed in epoch 3, torchrun starts the
+    ranks again with the same command, and they end exactly where an unbroken run ends."""
+    out = runs / "restarted"
+
+    def mid_epoch_three() -> bool:
+        state = read_checkpoint(out / "checkpoint.pt")
+        return bool(state) and len(state["history"]) == 2 and state["step"] in (5, 10)
+
+    proc = start(out, 2, resume=True, restarts=1)
+    try:
+        wait_for(proc, mid_epoch_three, "the middle of epoch 3")
+        rank0 = int((out / ".asymco.lock").read_text().split()[1])
+        os.kill(rank0, signal.SIGKILL)
+        assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-3000:]
+    finally:
+        if proc.poll() is None:
+            kill_all(proc)
     assert_same_run(out, pair)

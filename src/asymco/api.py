@@ -24,6 +24,7 @@ from asymco.augment import InputSpec
 from asymco.config import RunConfig
 from asymco.config_io import apply_overrides, from_dict
 from asymco.engine.build import check_run
+from asymco.engine.claim import claim_run, claimed
 from asymco.engine.device import resolve_device
 from asymco.engine.distributed import init_distributed, shutdown
 from asymco.engine.pack import pack_key, why_unpackable
@@ -31,7 +32,7 @@ from asymco.engine.pack_run import build_member, train_members
 from asymco.engine.precision import resolve_execution
 from asymco.engine.run import Trained, run_training
 from asymco.engine.rundir import RunDir
-from asymco.errors import PreemptedError, UserError
+from asymco.errors import UserError
 from asymco.methods import METHODS
 from asymco.models import input_spec, is_timm
 from asymco.own_data import choose_defaults, with_own_data
@@ -110,6 +111,11 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     return from_dict(RunDir(Path(run_dir)).read_config())
 
 
+def read_summary(run_dir: str | Path) -> dict:
+    """A finished run's figures (its summary.json)."""
+    return RunDir(Path(run_dir)).read_summary()
+
+
 def default_out_dir(cfg: RunConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg.preset}-{cfg.method.name}-s{cfg.train.seed}-{stamp}"
@@ -122,8 +128,10 @@ def train(
     resume: bool = False,
     started: float | None = None,
 ) -> RunResult:
-    """Train `cfg` into a run directory (new, or continued from its checkpoint with `resume`);
-    its wall time and `train.budget` count from `started` (a `time.perf_counter()`; now).
+    """Train `cfg` into a run directory; its wall time and `train.budget` count from `started`
+    (a `time.perf_counter()`; now). With `resume`, start or continue: an empty directory starts,
+    one whose run died before its first checkpoint starts again, an interrupted run continues
+    from its checkpoint (`cfg` must agree with its saved configuration; `engine/claim.py`).
 
     Under torchrun every process calls this; they train together and rank 0 writes the run.
 
@@ -133,27 +141,16 @@ def train(
     """
     started = time.perf_counter() if started is None else started
     check_run(cfg)
-    if not resume:  # what the settings leave to the run, fixed now and written to config.yaml
-        cfg = _fixed(cfg)
+    cfg = _fixed(cfg)  # what the settings leave to the run, fixed now and written to config.yaml
     dist, device_name = init_distributed(cfg.train.device)
     try:
         exe = resolve_execution(cfg.train, resolve_device(device_name))
         path = Path(out_dir) if out_dir else dist.on_main(lambda: default_out_dir(cfg))
-        try:
-            existed = path.exists()
-        except OSError as err:  # e.g. a name longer than the file system allows
-            raise UserError(f"cannot use {path} as the run directory ({err.strerror})") from None
-        run = dist.on_main(lambda: RunDir.prepare(path, resume=resume))
-        try:
-            trained = run_training(run, cfg, exe, dist, resume=resume, started=started)
-        except PreemptedError as stopped:
-            stopped.run_dir = path
-            raise
-        except BaseException:
-            if dist.is_main and not existed and path.is_dir() and not any(path.iterdir()):
-                path.rmdir()  # a run that failed before writing anything leaves no empty folder
-            raise
-        return RunResult(run.path, trained.summary, trained.history, trained.model)
+        with claimed(path, cfg, dist, resume=resume) as claim:
+            trained = run_training(
+                claim.run, claim.cfg, exe, dist, resume=claim.resume, started=started
+            )
+        return RunResult(path, trained.summary, trained.history, trained.model)
     finally:
         shutdown(dist)
 
@@ -166,8 +163,8 @@ def train_pack(
 ) -> list[RunResult]:
     """Train several runs in this process as one batched model (a pack, `engine/pack.py`):
     same data, network, method and schedule; each with its own seed, noise and run directory,
-    which ends up as `train` would have left it. `resume` (one flag, or one per run) continues
-    runs from their checkpoints; members that stand at different positions train as separate
+    which ends up as `train` would have left it. `resume` (one flag, or one per run) starts or
+    continues each run as `train` does; members that stand at different positions train as separate
     packs.
 
     Example:
@@ -181,20 +178,17 @@ def train_pack(
     paths = [Path(p).resolve() for p in out_dirs]
     if len(set(paths)) < len(paths):
         raise UserError("each run of a pack needs its own run directory")
-    cfgs = [cfg if r else _fixed(cfg) for cfg, r in zip(cfgs, resumes, strict=True)]
+    cfgs = [_fixed(cfg) for cfg in cfgs]
     check_pack(cfgs)
     dist, device_name = init_distributed(cfgs[0].train.device)
+    claims = []
     try:
         if dist.enabled:
             raise UserError("packed runs train in one process; start them without torchrun")
         exe = resolve_execution(cfgs[0].train, resolve_device(device_name))
-        runs = [
-            RunDir.prepare(Path(p), resume=r) for p, r in zip(out_dirs, resumes, strict=True)
-        ]
-        members = [
-            build_member(run, cfg, exe, resume=r)
-            for run, cfg, r in zip(runs, cfgs, resumes, strict=True)
-        ]
+        for p, cfg, r in zip(paths, cfgs, resumes, strict=True):
+            claims.append(claim_run(p, cfg, resume=r))
+        members = [build_member(c.run, c.cfg, exe, resume=c.resume) for c in claims]
         trained: dict[int, Trained] = {}
         for group in _by_position(members):
             done = train_members([members[i] for i in group], exe, started)
@@ -204,6 +198,8 @@ def train_pack(
             for i, t in sorted(trained.items())
         ]
     finally:
+        for claim in claims:
+            claim.lock.release()
         shutdown(dist)
 
 

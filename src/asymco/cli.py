@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import shlex
 import sys
 from pathlib import Path
 
 from asymco._clock import command_started
+from asymco.cli_train import add_train, is_main_process
 from asymco.errors import PreemptedError, UserError
+from asymco.files import describe_os_error
 
 EXIT_USAGE = 2
+EXIT_OS = 1  # the machine failed the run (a full disk, ...), not its input
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as if the signal had ended the process
 ISSUES_TOP = 20
 ISSUES_DESCRIPTION = """Show the labels a run judges most likely wrong (label_issues.csv).
@@ -32,54 +35,6 @@ formula (starting with = + - @) get a leading apostrophe."""
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors: one sentence, status 2
         raise UserError(message)
-
-
-def _check_out(out: str) -> None:
-    """Refuse an --out path the file system cannot even look up (e.g. a name too long)."""
-    if not out.strip():
-        raise UserError("--out is empty; give the run directory's path or leave --out out")
-    try:
-        os.stat(out)
-    except (FileNotFoundError, NotADirectoryError):
-        return  # a new directory, or one under a file: the run directory reports the latter
-    except OSError as err:
-        raise UserError(f"cannot use --out {out} ({err.strerror})") from None
-
-
-def _train(args: argparse.Namespace) -> int:
-    from asymco import api
-
-    if args.out is not None:
-        _check_out(args.out)
-    if args.budget is not None:  # a budget asked for on the command line is filled
-        args.set = [*args.set, f"train.budget={args.budget}", "train.budget_fill=true"]
-    if args.resume:
-        if args.out is None:
-            raise UserError("--resume needs --out pointing at the run directory to continue")
-        cfg = api.load_run_config(Path(args.out))
-        if args.preset or args.set or args.data_dir or args.data or args.test:
-            raise UserError(
-                "--resume continues the run with its saved configuration; "
-                "drop --preset, --set, --budget, --data and --data-dir"
-            )
-    elif args.data:
-        cfg = api.resolve_own_data(args.data, args.test, args.set, preset=args.preset)
-    else:
-        if not args.preset:
-            raise UserError("pass --preset NAME (see `asymco presets`) or --data folder:PATH")
-        if args.test:
-            raise UserError("--test goes with --data")
-        cfg = api.resolve_config(args.preset, args.set, data_dir=args.data_dir)
-    if args.device is not None:  # even "": an empty device name is refused, not ignored
-        from dataclasses import replace
-
-        cfg = replace(cfg, train=replace(cfg.train, device=args.device))
-        if args.resume:
-            raise UserError("--device cannot change on --resume; it is part of the saved run")
-    result = api.train(cfg, out_dir=args.out, resume=args.resume, started=args.started)
-    if _is_main_process():
-        print(api.describe_run(result.summary, result.run_dir))
-    return 0
 
 
 def _presets(args: argparse.Namespace) -> int:
@@ -194,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="asymco", description="Learning with noisy labels by Asymmetric Co-Training (ACT)."
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _add_train(sub.add_parser("train", help="train a preset into a run directory"))
+    add_train(sub.add_parser("train", help="train a preset into a run directory"))
     _add_sweep(sub.add_parser("sweep", help="run presets x methods x seeds into one directory"))
     report = sub.add_parser("report", help="tables and plots of run or sweep directories")
     report.add_argument("dirs", nargs="+", help="run directories, or folders holding them")
@@ -238,42 +193,6 @@ def _add_issues(issues: argparse.ArgumentParser) -> None:
     issues.set_defaults(func=_issues)
 
 
-def _add_train(train: argparse.ArgumentParser) -> None:
-    train.add_argument("--preset", help="a name from `asymco presets`")
-    train.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. train.epochs=10 (repeatable)",
-    )
-    train.add_argument(
-        "--data",
-        help="your own images: folder:PATH (one folder per class), csv:FILE (path,label rows), "
-        "npz:FILE (x_train, y_train arrays), hf:PATH (a datasets.save_to_disk folder) or "
-        "parquet:PATH (a .parquet file or folder with image and label columns)",
-    )
-    train.add_argument(
-        "--test",
-        help="their test split, same kind as --data (default: hold out data.holdout_fraction)",
-    )
-    train.add_argument(
-        "--data-dir", help="where the data is (an .npz, a folder, or the download cache)"
-    )
-    train.add_argument(
-        "--out", help="run directory (default: runs/<preset>-<method>-s<seed>-<time>)"
-    )
-    train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument(
-        "--budget",
-        metavar="TIME",
-        help="finish within about this long, e.g. 15m, 2h, 1h30m: the epochs are chosen from "
-        "step times measured before training (train.budget)",
-    )
-    train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-    train.set_defaults(func=_train)
-
-
 def _add_sweep(sweep: argparse.ArgumentParser) -> None:
     sweep.add_argument("--presets", nargs="+", required=True, metavar="PRESET")
     sweep.add_argument("--methods", nargs="+", default=["act"], metavar="METHOD")
@@ -304,13 +223,8 @@ def _add_sweep(sweep: argparse.ArgumentParser) -> None:
     sweep.set_defaults(func=_sweep)
 
 
-def _is_main_process() -> bool:
-    """False on every torchrun rank but 0: they train, but print nothing (rank 0 speaks)."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def main(argv: list[str] | None = None) -> int:
-    speaks = _is_main_process()
+    speaks = is_main_process()
     logging.basicConfig(
         level=logging.INFO if speaks else logging.WARNING, format="%(message)s", stream=sys.stderr
     )
@@ -325,15 +239,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except PreemptedError as stopped:  # a scheduler's SIGTERM: the checkpoint is already saved
         if speaks:
-            print(
-                f"asymco: {stopped}; continue with --resume --out {stopped.run_dir}",
-                file=sys.stderr,
-            )
+            print(f"asymco: {stopped}; {_resume_hint(stopped)}", file=sys.stderr)
         return EXIT_TERMINATED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stopped:
         if speaks:
-            print(
-                "asymco: interrupted; continue with --resume --out <run directory>",
-                file=sys.stderr,
-            )
+            print(f"asymco: interrupted; {_resume_hint(stopped)}", file=sys.stderr)
         return 130
+    except OSError as err:  # the machine's, not the input's: a full disk, a lost mount, ...
+        if speaks:
+            print(f"asymco: error: {describe_os_error(err)}", file=sys.stderr)
+        return EXIT_OS
+
+
+def _resume_hint(stopped: BaseException) -> str:
+    run_dir = getattr(stopped, "run_dir", None)  # set once a run directory was chosen
+    where = f" --out {shlex.quote(str(run_dir))}" if run_dir else ""
+    return f"run the same command with --resume{where} to continue"

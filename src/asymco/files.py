@@ -5,6 +5,7 @@ Every file asymco writes (run directories, checkpoints, reports) goes through `w
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tempfile
@@ -27,6 +28,9 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as err:  # name the file the run was writing, not the temporary one
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -58,3 +62,17 @@ def torch_bytes(obj: object) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
+
+
+def describe_os_error(err: OSError) -> str:
+    """An operating-system failure (a full disk, a lost mount, ...) in one sentence naming the
+    file. Every file is written atomically, so what was written before it is intact."""
+    where = f" ({err.filename})" if err.filename else ""
+    reason = err.strerror or type(err).__name__
+    hint = (
+        "; free some space and run the same command with --resume to continue from the last "
+        "checkpoint"
+        if err.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "; files written before it are intact"
+    )
+    return f"{reason}{where}{hint}"

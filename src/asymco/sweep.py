@@ -1,8 +1,10 @@
 """`asymco sweep`: a grid of presets x methods x seeds trained into one sweep directory.
 
-Each run lives in `<sweep>/<preset>/<method>/seed<k>`. A run whose summary.json exists is
-complete and skipped; one with a checkpoint but no summary was interrupted and is resumed. So an
-interrupted sweep continues where it stopped when the same command is run again.
+Each run lives in `<sweep>/<preset>/<method>/seed<k>`, and every cell follows `train --resume`'s
+rule (start-or-resume, `engine/claim.py`): a finished run is skipped, an interrupted one
+continues from its checkpoint, one that died before its first checkpoint starts again, and a
+run whose saved settings differ from the sweep's fails, naming the setting. So an interrupted
+sweep continues where it stopped when the same command is run again.
 
 Runs are driven through the Python API (`asymco.api`), never through the command line: in this
 process one after another, with `pack` several at once as one batched model (`api.train_pack`),
@@ -55,24 +57,18 @@ class Cell:
     def run_dir(self, root: Path) -> Path:
         return root / self.preset / self.method / f"seed{self.seed}"
 
-    def resumes(self, root: Path) -> bool:
-        """Whether this run was interrupted (it left a checkpoint) and continues from it."""
-        return (self.run_dir(root) / "checkpoint.pt").is_file()
-
     def config(self, root: Path, overrides: list[str], data_dir: str | None) -> RunConfig:
-        """What this cell trains: an interrupted run's saved configuration, or else the preset
-        with the cell's method and seed and then the sweep's overrides."""
-        if self.resumes(root):
-            return api.load_run_config(self.run_dir(root))
+        """What this cell trains: the preset with the cell's method and seed, then the sweep's
+        overrides. A run already in the cell's directory must agree with it (start-or-resume)."""
         settings = [f"method.name={self.method}", f"train.seed={self.seed}", *overrides]
         return api.resolve_config(self.preset, settings, data_dir=data_dir)
 
     def train(self, root: Path, overrides: list[str], data_dir: str | None) -> api.RunResult:
-        """Train this run in this process, or resume it."""
-        resume = self.resumes(root)
+        """Train this run in this process: start it, start it again if it died before its first
+        checkpoint, or continue it from its checkpoint."""
         cfg = self.config(root, overrides, data_dir)
         self.run_dir(root).parent.mkdir(parents=True, exist_ok=True)
-        return api.train(cfg, out_dir=self.run_dir(root), resume=resume)
+        return api.train(cfg, out_dir=self.run_dir(root), resume=True)
 
 
 def plan(presets: list[str], methods: list[str], seeds: list[int]) -> list[Cell]:
@@ -161,7 +157,7 @@ def run_cells_packed(
         for cell in cells:
             cell.run_dir(root).parent.mkdir(parents=True, exist_ok=True)
         results = api.train_pack(
-            cfgs, [c.run_dir(root) for c in cells], resume=[c.resumes(root) for c in cells]
+            cfgs, [c.run_dir(root) for c in cells], resume=True
         )
     except PreemptedError:
         raise

@@ -33,25 +33,18 @@ class RunDir:
         return self.path / "config.yaml"
 
     @classmethod
-    def prepare(cls, path: Path, *, resume: bool) -> RunDir:
-        """Create (or reopen, for `resume`) a run directory, failing before any training if it
-        cannot be written or would overwrite an earlier run."""
+    def prepare(cls, path: Path) -> RunDir:
+        """Create (or reopen) a run directory, failing before any training if it cannot be
+        written. Whether the run in it may start or continue is `engine/claim.py`'s decision."""
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path} exists and is not a directory")
-        if resume:
-            if not (path / "checkpoint.pt").is_file():
-                raise UserError(f"cannot resume: {path} holds no checkpoint.pt")
-        elif path.is_dir() and any(
-            (path / name).exists() for name in ("checkpoint.pt", "summary.json", "config.yaml")
-        ):
-            raise UserError(
-                f"{path} already holds a run; pass --resume to continue it or choose another --out"
-            )
         try:
             path.mkdir(parents=True, exist_ok=True)
-            probe = path / ".write-test"
-            probe.write_bytes(b"\0" * 4096)
-            os.fsync(os.open(probe, os.O_RDONLY))
+            probe = path / f".write-test.{os.getpid()}"  # its own name: runs may race here
+            with probe.open("wb") as f:
+                f.write(b"\0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
             probe.unlink()
         except OSError as err:
             raise UserError(f"cannot write to the run directory {path} ({err.strerror})") from None
@@ -78,3 +71,13 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> None:
         write_text_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+    def read_summary(self) -> dict:
+        path = self.path / "summary.json"
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read {path} ({err})") from None
+        if not isinstance(summary, dict):
+            raise UserError(f"cannot read {path} (it holds no mapping of figures)")
+        return summary
