@@ -301,7 +301,7 @@ GROUPS: dict[str, Group] = {
     "sweep": Group(("asymco.sweep",), (*_UNDER_API, "api", "sweep")),
     # The command line sits on top of everything but the package root.
     "cli": Group(
-        ("asymco.cli", "asymco.__main__"),
+        ("asymco.cli", "asymco.cli_train", "asymco.__main__"),
         (*_UNDER_API, "api", "practitioner", "sweep", "cli"),
     ),
     # The package root re-exports the public names, so it may import anything.

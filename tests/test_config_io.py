@@ -110,7 +110,8 @@ def test_image_files_refuse_a_loader_meant_for_arrays(tmp_path):
             Image.new("RGB", (40, 40), (i * 60, 0, 0)).save(tmp_path / label / f"{i}.png")
     assert api.resolve_own_data(f"folder:{tmp_path}").data.loader == "auto"
     for loader in ("device", "pil"):
-        with pytest.raises(UserError, match=f"data.loader={loader} applies to the built-in CNNs' in-memory images"):
+        message = f"data.loader={loader} applies to the built-in CNNs' in-memory images"
+        with pytest.raises(UserError, match=message):
             api.resolve_own_data(f"folder:{tmp_path}", None, [f"data.loader={loader}"])
 
 
