@@ -233,3 +233,17 @@ def test_interrupt_hint_names_the_run_directory(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"asymco: interrupted; run the same command with --resume --out '{run}' " \
                   "to continue", err
+
+
+def test_disk_full_while_writing_a_report_is_one_sentence(finished, tmp_path, monkeypatch,
+                                                          capsys):
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    out = tmp_path / "report"
+    assert main(["report", str(finished), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("asymco: error: No space left on device ("), err
+    assert str(out) in err[0], err
+    assert not [p for p in out.rglob("*") if p.is_file()]  # no temporary file left behind

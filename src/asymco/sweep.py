@@ -35,6 +35,7 @@ import torch
 
 from asymco import api
 from asymco.errors import PreemptedError, UserError
+from asymco.files import describe_os_error
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -183,6 +184,9 @@ def run_cell(cell: Cell, root: Path, overrides: list[str], data_dir: str | None)
         raise
     except UserError as err:
         logger.error("%s: %s", cell, _one_line(err))
+        return False
+    except OSError as err:  # a full disk: the run keeps its last checkpoint
+        logger.error("%s: %s", cell, describe_os_error(err))
         return False
     except Exception as err:  # a crash in one run must not lose the others
         logger.error("%s: %s: %s", cell, type(err).__name__, _one_line(err))
