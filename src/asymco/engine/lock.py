@@ -5,14 +5,16 @@ process dies, however it dies: a stale lock cannot exist, and a resume after SIG
 blocked. The file names the holder (host and pid) for the refusal message; a run that ends
 removes it, a killed run leaves it behind, unlocked, for the next one to take.
 
-A killed run's DataLoader worker processes share the lock (they are forked with its file
-descriptor) and outlive it by a few seconds; when the named holder is dead, `acquire` waits for
-them instead of refusing. File systems without locks (some NFS setups) get a warning, not a
-refusal: the run goes on unprotected.
+Processes forked by the holder (DataLoader workers) close their copy of the lock's file
+descriptor at once (`os.register_at_fork`), so they never keep it after the holder ends. A
+process that inherited it another way (through exec) may outlive a killed holder for a while;
+when the named holder is dead, `acquire` waits for it instead of refusing. File systems without
+locks (some NFS setups) get a warning, not a refusal: the run goes on unprotected.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -29,10 +31,23 @@ except ImportError:  # Windows: no flock; runs go unprotected there
 
 logger = logging.getLogger(__name__)
 
+_HELD: set[int] = set()
+"""This process's lock file descriptors, closed in every child it forks."""
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:  # the child's copy only: the parent's lock stays held
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
+
 LOCK_NAME = ".asymco.lock"
 ORPHAN_WAIT_SECONDS = 30.0
-"""How long to wait for a dead holder's worker processes to exit (they check their parent
-every 5 s)."""
+"""How long to wait for the processes a dead holder left holding its lock."""
 
 
 class RunLock:
@@ -75,6 +90,7 @@ class RunLock:
             os.close(fd)  # the file was removed while we waited for it: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        _HELD.add(fd)
         return cls(fd, path)
 
     def release(self) -> None:
@@ -84,6 +100,7 @@ class RunLock:
         if self._fd is not None:
             if _same_file(self._fd, self.path):
                 self.path.unlink(missing_ok=True)
+            _HELD.discard(self._fd)
             os.close(self._fd)
             self._fd = None
 
