@@ -296,12 +296,17 @@ def test_two_runs_on_one_out_leave_one_run_and_one_refusal(alone: Path, runs: Pa
     out = runs / "twice"
     first = start(out, 1)
     wait_for(first, (out / ".asymco.lock").exists, "its lock")
-    for again in (False, True):
-        second = subprocess.run(command(out, 1, resume=again), env=ENV, capture_output=True,
-                                text=True, timeout=600)
-        assert second.returncode == 2, second.stderr
-        lines = second.stderr.strip().splitlines()
-        assert len(lines) == 1 and f"another asymco process (pid {first.pid} " in lines[0], lines
+    first.send_signal(signal.SIGSTOP)  # so the second surely meets it at work, however slow
+    try:
+        for again in (False, True):
+            second = subprocess.run(command(out, 1, resume=again), env=ENV, capture_output=True,
+                                    text=True, timeout=600)
+            assert second.returncode == 2, second.stderr
+            lines = second.stderr.strip().splitlines()
+            assert len(lines) == 1, lines
+            assert f"another asymco process (pid {first.pid} " in lines[0], lines
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert first.wait(timeout=600) == 0, first.stderr.read().decode()[-3000:]
     assert_same_run(out, alone)  # the first run's files, untouched by the second
 
