@@ -245,6 +245,6 @@ def describe_run(summary: dict, run_dir: Path) -> str:
     return (
         f"{s['preset']} / {s['method']}: last-10 test accuracy "
         f"{s['test_acc_last10_mean']:.2f} ± {s['test_acc_last10_std']:.2f}{paper}, "
-        f"best {s['test_acc_best']:.2f} at epoch {s['best_epoch']}, "
+        f"best {s['test_acc_best']:.2f} at epoch {s['best_epoch'] + 1}, "  # files: 0-based
         f"{s['wall_seconds']:.0f}s -> {run_dir}"
     )

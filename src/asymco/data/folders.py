@@ -37,6 +37,7 @@ from asymco.data.loader import WorkerLoader
 from asymco.data.sharding import BatchPlan, item_seed
 from asymco.errors import UserError
 from asymco.randaugment import RandAugmentUDA
+from asymco.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def verify_images(
                         f"cannot read image {paths[i]} ({why}); repair or delete it, "
                         "or set on_bad_image to 'skip' to leave unreadable images out"
                     )
-                logger.warning("leaving out unreadable image %s (%s)", paths[i], why)
+                logger.warning("leaving out unreadable image %s (%s)", printable(paths[i]), why)
                 bad[i] = True
     finally:
         if pool:  # on "stop", do not wait for the chunks nobody will look at
@@ -135,7 +136,9 @@ def keep_good_images(
     kept = split.select(good)
     counts = np.bincount(kept.labels, minlength=len(kept.classes))
     for c in np.flatnonzero(counts == 0):
-        logger.warning("the %s split has no readable images of class %s", name, kept.classes[c])
+        logger.warning(
+            "the %s split has no readable images of class %s", name, printable(kept.classes[c])
+        )
     return kept
 
 

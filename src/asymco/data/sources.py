@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from asymco.errors import UserError
+from asymco.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def load_cifar(name: str, *, root: Path, download: bool) -> Source:
         try:  # use what is there; let torchvision repair a broken folder only if it must
             return _load_torchvision(name, root, download=False)
         except UserError:
-            logger.warning("%s in %s looks incomplete; downloading it again", name, root)
+            logger.warning("%s in %s looks incomplete; downloading it again", name, printable(root))
     return _load_torchvision(name, root, download=download)
 
 
