@@ -297,7 +297,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(
-            0 < self.epochs <= MAX_EPOCH, "train.epochs", f"must be from 1 to {MAX_EPOCH}"
+            0 < self.epochs <= MAX_EPOCH,
+            "train.epochs",
+            f"must be positive and at most {MAX_EPOCH}",
         )
         _check(
             0 <= self.warmup_epochs <= MAX_EPOCH,

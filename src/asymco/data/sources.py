@@ -59,7 +59,14 @@ def load_source(
         return load_digits(seed=seed, test_fraction=test_fraction)
     if dataset not in _TORCHVISION_FOLDERS:
         raise UserError(f"unknown dataset {dataset!r}; choose cifar10, cifar100 or digits")
-    return load_cifar(dataset, root=Path(root) if root else default_root(), download=download)
+    if root and not Path(root).expanduser().exists():  # a typo must not grow a folder tree
+        raise UserError(
+            f"the data folder {root} (--data-dir, data.root) does not exist; check the path, "
+            f"or create the folder first to download {dataset} into it"
+        )
+    return load_cifar(
+        dataset, root=Path(root).expanduser() if root else default_root(), download=download
+    )
 
 
 def load_cifar(name: str, *, root: Path, download: bool) -> Source:
@@ -94,8 +101,12 @@ def _load_torchvision(name: str, root: Path, *, download: bool) -> Source:
         test = cls(str(root), train=False, download=False)
     except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
         raise UserError(f"{name} in {root} is missing or corrupted ({err})") from None
-    except OSError as err:  # no network, no permission, disk full
-        raise UserError(f"could not download {name} into {root}: {err}") from None
+    except OSError as err:  # no network (urllib's URLError), no permission, disk full
+        raise UserError(
+            f"could not download {name} into {root} ({err}; no network?); on a machine without "
+            f"one, copy {name}.npz or torchvision's {_TORCHVISION_FOLDERS[name]}/ folder there "
+            "and point --data-dir at it"
+        ) from None
     return Source(
         x_train=np.asarray(train.data, dtype=np.uint8),
         y_train=np.asarray(train.targets, dtype=np.int64),
