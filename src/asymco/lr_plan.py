@@ -182,11 +182,11 @@ def rescale_decay(decay: str, *, epochs: int, new_epochs: int) -> str:
     ratio = new_epochs / epochs
 
     def scaled(epoch: float) -> int:
-        return max(0, round(epoch * ratio))
+        return min(MAX_EPOCH, max(0, round(epoch * ratio)))
 
     if name == "cosine":
         start, end, stop = numbers
-        first = scaled(start)
+        first = min(scaled(start), MAX_EPOCH - 1)
         return f"cosine:{first},{end:g},{max(first + 1, scaled(stop))}"
     if name in ("constant", "baseline"):  # baseline: fixed epochs 60/120/150, no warmup
         return decay

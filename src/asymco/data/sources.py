@@ -59,14 +59,13 @@ def load_source(
         return load_digits(seed=seed, test_fraction=test_fraction)
     if dataset not in _TORCHVISION_FOLDERS:
         raise UserError(f"unknown dataset {dataset!r}; choose cifar10, cifar100 or digits")
-    if root and not Path(root).expanduser().exists():  # a typo must not grow a folder tree
+    given = Path(root).expanduser() if root else None
+    if given and given.suffix != ".npz" and not given.exists():  # a typo grows no folder tree
         raise UserError(
-            f"the data folder {root} (--data-dir, data.root) does not exist; check the path, "
+            f"{root} (--data-dir, data.root) does not exist; check the path, "
             f"or create the folder first to download {dataset} into it"
         )
-    return load_cifar(
-        dataset, root=Path(root).expanduser() if root else default_root(), download=download
-    )
+    return load_cifar(dataset, root=given or default_root(), download=download)
 
 
 def load_cifar(name: str, *, root: Path, download: bool) -> Source:
