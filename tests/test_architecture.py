@@ -253,13 +253,14 @@ _UNDER_API = (
 # The first group whose members match a module is its group.
 GROUPS: dict[str, Group] = {
     # Leaves everyone may use: errors, the registry, atomic files, the batch type, the LR-plan
-    # grammar, durations, image ops.
+    # grammar, durations, image ops, untrusted text made safe to print and to put in a CSV.
     "foundation": Group(
         (
             "asymco._clock",
             "asymco._version",
             "asymco.durations",
             "asymco.errors",
+            "asymco.text",
             "asymco.registry",
             "asymco.files",
             "asymco.batch",

@@ -194,7 +194,7 @@ def test_non_finite_loss_mid_epoch_keeps_the_last_good_step_checkpoint(tmp_path,
     args = [x for s in SETTINGS for x in ("--set", s)]
     assert main(["train", "--preset", "quickstart", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "non-finite at epoch 1, batch 7" in err and len(err.splitlines()) == 1, err
+    assert "non-finite at epoch 2, batch 7" in err and len(err.splitlines()) == 1, err
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert (len(state["history"]), state["step"]) == (1, 5)  # the last step before the bad one
     rows = (out / "metrics.jsonl").read_text().splitlines()

@@ -20,10 +20,11 @@ import yaml
 from PIL import Image
 
 from asymco.cli import main
-from asymco.label_issues import COLUMNS, label_quality
+from asymco.label_issues import COLUMNS, label_quality, read_label_issues
 from asymco.report import make_report
 from asymco.report.gallery import thumbnail
-from asymco.suggest import EXPORT_COLUMNS, Suspect, export_rows, inert, read_suspects, suggest
+from asymco.suggest import EXPORT_COLUMNS, Suspect, export_rows, read_suspects, suggest
+from asymco.text import csv_cell, csv_value
 
 # Class names a user may well have: markup, quotes, an ampersand, a spreadsheet formula.
 CLASSES = ("apple", '<b>"pear"&', "=cmd")
@@ -125,7 +126,7 @@ def test_folder_run_page_shows_the_top_suspects_with_escaped_names(folder_run, t
     assert main(["issues", str(folder_run), "--html", "--top", str(TOP),
                  "--export", str(export)]) == 0
     text = (folder_run / "label_issues.html").read_text()
-    rows = _csv_rows(folder_run / "label_issues.csv")
+    rows = read_label_issues(folder_run / "label_issues.csv")
     page = Page(text)
     assert len(page.imgs) == len(page.cards) == TOP
     for img, row in zip(page.imgs, rows, strict=False):  # each card shows its own image
@@ -164,7 +165,7 @@ def test_folder_run_export_follows_the_rule_and_defuses_formulas(folder_run, tmp
     export = tmp_path / "fixes.csv"
     assert main(["issues", str(folder_run), "--export", str(export)]) == 0
     assert not (tmp_path / "label_issues.html").exists()
-    table, out = _csv_rows(folder_run / "label_issues.csv"), _csv_rows(export)
+    table, out = read_label_issues(folder_run / "label_issues.csv"), _csv_rows(export)
     assert tuple(out[0]) == EXPORT_COLUMNS and len(out) == len(table)
     actions = Counter()
     for given, row in zip(table, out, strict=True):
@@ -177,9 +178,9 @@ def test_folder_run_export_follows_the_rule_and_defuses_formulas(folder_run, tmp
             want = ("relabel", other, given["predicted_class"])
         else:
             want = ("review", "", "")
-        assert (row["action"], row["suggested_label"], inert(row["suggested_class"])) == (
-            want[0], want[1], inert(want[2]))
-        assert row["given_class"] == inert(given["given_class"])
+        # `table` holds the names read back; the export holds them in their inert CSV form.
+        assert (row["action"], row["suggested_label"], csv_value(row["suggested_class"])) == want
+        assert csv_value(row["given_class"]) == given["given_class"]
         actions[row["action"]] += 1
     assert "'=cmd" in {r["given_class"] for r in out}  # the formula-like class, made inert
     assert f"keep {actions['keep']}, relabel {actions['relabel']}" in capsys.readouterr().out
@@ -219,8 +220,8 @@ def test_thumbnails_enlarge_tiny_images_and_shrink_photos():
 
 def test_cells_a_spreadsheet_would_run_are_made_inert():
     for start in ("=", "+", "-", "@", "\t", "\r"):
-        assert inert(f"{start}HYPERLINK(1)") == f"'{start}HYPERLINK(1)"
-    assert inert("apple") == "apple" and inert("") == "" and inert("a=b") == "a=b"
+        assert csv_cell(f"{start}HYPERLINK(1)") == f"'{start}HYPERLINK(1)"
+    assert csv_cell("apple") == "apple" and csv_cell("") == "" and csv_cell("a=b") == "a=b"
     evil = Suspect(0, 3, "=1+2.jpg", 0, "@SUM(A1)", 1, "+x", 0.1, True, 0.0, 0.0, 0.9)
     row = dict(zip(EXPORT_COLUMNS, export_rows([evil])[0], strict=True))
     assert (row["path"], row["given_class"], row["suggested_class"]) == (
@@ -231,7 +232,7 @@ def test_npz_thumbnails_are_the_users_own_images(npz_run, tmp_path):
     out, x = npz_run
     page_path = tmp_path / "page.html"
     assert main(["issues", str(out), "--html", str(page_path), "--top", "10"]) == 0
-    rows = _csv_rows(out / "label_issues.csv")
+    rows = read_label_issues(out / "label_issues.csv")
     assert len(rows) < len(x)  # a share was held out, so `index` is no position in the rows
     imgs = Page(page_path.read_text()).imgs
     assert len(imgs) == 10
@@ -249,7 +250,7 @@ def test_cifar_run_page_and_export(shared_data, tmp_path):
                  "--out", str(out)]) == 0
     assert main(["issues", str(out), "--html", "--top", "12", "--export",
                  str(tmp_path / "fixes.csv")]) == 0
-    rows = _csv_rows(out / "label_issues.csv")
+    rows = read_label_issues(out / "label_issues.csv")
     imgs = Page((out / "label_issues.html").read_text()).imgs
     assert len(imgs) == 12
     with np.load(shared_data / "cifar100.npz") as archive:
@@ -349,7 +350,7 @@ def test_page_renders_in_headless_chromium(folder_run, tmp_path, chromium):
     screenshot shows the images' colours."""
     page = tmp_path / "page.html"
     assert main(["issues", str(folder_run), "--html", str(page), "--top", str(TOP)]) == 0
-    rows = _csv_rows(folder_run / "label_issues.csv")[:TOP]
+    rows = read_label_issues(folder_run / "label_issues.csv")[:TOP]
     choice = rows[0]["given_label"]
     probe = page.read_text().replace("</body>", PROBE.replace("CHOICE", choice) + "</body>")
     (tmp_path / "probe.html").write_text(probe)

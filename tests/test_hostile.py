@@ -262,6 +262,32 @@ def test_test_folder_with_classes_the_training_set_lacks(refused, tmp_path):
     assert "test classes" in message and "eel" in message
 
 
+def test_holdout_smaller_than_the_classes(refused, tmp_path):
+    """6 images in 3 classes: a 20% hold-out is 2 images, too few for a stratified split;
+    scikit-learn's ValueError becomes one sentence with the ways out."""
+    for name in ("cat", "dog", "eel"):
+        for i in range(2):
+            write_png(tmp_path / "few" / name / f"{i}.png", 60 * i)
+    message = refused("train", "--data", f"folder:{tmp_path / 'few'}", "--out", tmp_path / "run")
+    for fragment in ("data.holdout_fraction=0.2 of 6 images", "2 for testing", "3 images on "
+                     "each side", "--test"):
+        assert fragment in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_image_unreadable(refused, tmp_path):
+    """Not one image opens: the sentence says so (a count, one path), not blame data.subset."""
+    for name in ("cat", "dog", "eel"):
+        for i in range(10):
+            path = tmp_path / "junk" / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"not a png at all")
+    message = refused("train", "--data", f"folder:{tmp_path / 'junk'}", "--out", tmp_path / "run")
+    assert "none of the 30 images can be read" in message
+    assert ".png" in message and str(tmp_path / "junk") in message
+    assert "data.subset" not in message
+
+
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
@@ -389,6 +415,33 @@ def test_human_noise_labels_file_missing_or_corrupt(refused, tiny_cifar10):
         (["--set", "paper_test_acc=abc"], ["paper_test_acc", "number"]),
         (["--set", "train.epochs=1\n2"], ["train.epochs", "'1\\n2'"]),
         (["--device", ""], ["train.device ''"]),
+        # Seeds: numpy and scikit-learn take [0, 2**32) only.
+        (["--set", "data.subset_seed=-1"], ["data.subset_seed", "from 0 to 4294967295", "-1"]),
+        (["--set", f"train.seed={2**40}"], ["train.seed", "from 0 to 4294967295"]),
+        (["--set", f"noise.seed={2**32}"], ["noise.seed", "from 0 to 4294967295"]),
+        (["--set", "method.name=dividemix", "--set", "method.gmm_seed=-5"], ["method.gmm_seed"]),
+        # LR plans: finite, bounded numbers only (a huge cosine would fill the memory).
+        (["--set", "optim.lr_decay=step:1e400"], ["optim.lr_decay", "not a finite number"]),
+        (["--set", "optim.lr_decay=cosine:0,nan,10"], ["optim.lr_decay", "not a finite"]),
+        (["--set", "optim.lr_decay=cosine:inf,0,10"], ["optim.lr_decay", "not a finite"]),
+        (["--set", "optim.lr_decay=cosine:-5,0,10"], ["the epoch -5", "from 0 to 100000"]),
+        (["--set", "optim.lr_decay=cosine:0,-1e-3,10"], ["end value -0.001 must be >= 0"]),
+        (["--set", "optim.lr_decay=cosine:0,0,1e12"], ["the epoch 1e+12", "from 0 to 100000"]),
+        (["--set", "optim.lr_decay=step:1e300"], ["the milestone 1e+300"]),
+        # Devices asymco cannot train on.
+        (["--device", "meta"], ["train.device 'meta'", "cpu, cuda, cuda:N or mps"]),
+        (["--device", "xpu"], ["train.device 'xpu'", "cpu, cuda, cuda:N or mps"]),
+        (["--device", "cuda:-1"], ["train.device 'cuda:-1'"]),
+        (["--device", "cpu:3"], ["train.device 'cpu:3'", "use cpu"]),
+        # Sizes that would fail allocating, fork thousands of processes or loop for ever.
+        (["--set", f"model.num_outputs={2**40}"], ["model.num_outputs", "at most 100000"]),
+        (["--set", f"data.workers={2**40}"], ["data.workers must be from 0 to 256"]),
+        (["--set", f"train.threads={2**40}"], ["train.threads must be from 1 to 256"]),
+        (["--set", f"data.image_size={2**40}"], ["data.image_size must be from 1 to 8192"]),
+        (["--set", "data.resize=0"], ["data.resize must be from 1 to 8192"]),
+        (["--set", f"train.epochs={2**40}"], ["train.epochs", "at most 100000"]),
+        (["--set", f"train.warmup_epochs={2**40}"], ["train.warmup_epochs", "100000"]),
+        (["--set", "method.name=agce", "--set", "method.q=1e30"], ["(a + 1)^q overflow"]),
     ],
 )
 def test_bad_setting(refused, tmp_path, args, fragments):

@@ -262,7 +262,7 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes_exactly(alone: Pa
     assert status == 143, err
     assert len(left["history"]) == 2 and 5 < left["step"] < 23  # where it stopped, not step 5
     lines = err.strip().splitlines()
-    assert lines[-1] == (f"asymco: stopped by SIGTERM at epoch 2, step {left['step']}; "
+    assert lines[-1] == (f"asymco: stopped by SIGTERM in epoch 3 after step {left['step']}; "
                          f"checkpoint saved; continue with --resume --out {out}")
     run(out, 1, resume=True)
     assert_same_run(out, alone)
@@ -273,7 +273,7 @@ def test_sigterm_stops_every_process_of_a_distributed_run(pair: Path, runs: Path
     _, err, left = terminate_mid_epoch(out, 2, epoch=1)
     # Both ranks agreed on one step (a multiple of 10) and rank 0 saved it.
     assert len(left["history"]) == 1 and left["step"] in (10, 20), err[-2000:]
-    assert "stopped by SIGTERM at epoch 1" in err
+    assert "stopped by SIGTERM in epoch 2 after step" in err
     run(out, 2, resume=True)
     assert_same_run(out, pair)
 

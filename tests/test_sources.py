@@ -336,13 +336,14 @@ def fake_download(monkeypatch):
     return install
 
 
-def test_download_into_root(tmp_path, trust_generated_files, fake_download):
+def test_download_into_root(tmp_path, trust_generated_files, fake_download, monkeypatch):
     arrays = _arrays("cifar100", n_train=20, n_test=8)
     names = cifar_class_names("cifar100")
-    root = tmp_path / "cache" / "nested"  # does not exist yet: sources.py must create it
+    root = tmp_path / "cache" / "nested"  # the cache does not exist yet: sources.py creates it
+    monkeypatch.setenv("ASYMCO_DATA", str(root))
     calls = fake_download(lambda into: write_torchvision_folder(into, "cifar100", arrays, names))
 
-    src = load_source("cifar100", root=str(root), download=True)
+    src = load_source("cifar100", root=None, download=True)
 
     # torchvision was asked to download exactly once, into exactly that root.
     assert [Path(c) for c in calls] == [root]

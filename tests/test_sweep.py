@@ -162,7 +162,7 @@ def test_sigterm_stops_the_sweep(tmp_path, monkeypatch, capsys):
     assert sweep(tmp_path) == 143
     run = tmp_path / "quickstart/standard/seed1"
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"asymco: sweep stopped by SIGTERM at epoch 1, step 0; checkpoint saved ({run}); "
+        f"asymco: sweep stopped by SIGTERM at the end of epoch 1; checkpoint saved ({run}); "
         "run the same command to continue it"
     )
     assert not (tmp_path / "quickstart/act").exists()  # the next run never started

@@ -233,14 +233,14 @@ def _by_position(members: list) -> list[list[int]]:
 
 def describe_run(summary: dict, run_dir: Path) -> str:
     """A finished run in one line: its last-10 accuracy beside the paper's, its best epoch."""
-    s = summary
-    paper = ""
+    from asymco.text import printable  # the directory is the user's: escape its controls
+    s, paper = summary, ""
     if s["paper_test_acc"] is not None:
         shortened = s.get("paper_protocol") is False  # a subset or another schedule
         paper = f" (paper: {s['paper_test_acc']:.2f}{', full protocol' if shortened else ''})"
     return (
         f"{s['preset']} / {s['method']}: last-10 test accuracy "
         f"{s['test_acc_last10_mean']:.2f} ± {s['test_acc_last10_std']:.2f}{paper}, "
-        f"best {s['test_acc_best']:.2f} at epoch {s['best_epoch']}, "
-        f"{s['wall_seconds']:.0f}s -> {run_dir}"
+        f"best {s['test_acc_best']:.2f} at epoch {s['best_epoch'] + 1}, "  # files: 0-based
+        f"{s['wall_seconds']:.0f}s -> {printable(run_dir)}"
     )

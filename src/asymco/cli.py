@@ -49,6 +49,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 def _issues(args: argparse.Namespace) -> int:
     from asymco.suggest import read_suspects
+    from asymco.text import printable
 
     if args.top is not None and args.top < 0:
         raise UserError(f"--top must be 0 or more, got {args.top}")
@@ -60,11 +61,11 @@ def _issues(args: argparse.Namespace) -> int:
     flagged = sum(row.is_label_issue for row in rows)
     print(f"{flagged} of {len(rows)} training labels flagged as issues; most suspect first:")
     print(f"{'index':>7}  {'given':<20} {'predicted':<20} {'score':>6}  issue  path")
-    for row in rows[:top]:
+    for row in rows[:top]:  # names and paths are the user's: escape their control characters
+        given, predicted = printable(row.given_class)[:20], printable(row.predicted_class)[:20]
         print(
-            f"{row.index:>7}  {row.given_class[:20]:<20} "
-            f"{row.predicted_class[:20]:<20} {row.label_score:6.3f}  "
-            f"{'yes' if row.is_label_issue else 'no':<5}  {row.path}"
+            f"{row.index:>7}  {given:<20} {predicted:<20} {row.label_score:6.3f}  "
+            f"{'yes' if row.is_label_issue else 'no':<5}  {printable(row.path)}"
         )
     return 0
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 from asymco.durations import parse_duration
 from asymco.errors import UserError
-from asymco.lr_plan import parse_decay
+from asymco.lr_plan import MAX_EPOCH, parse_decay
 from asymco.registry import Registry
 
 NoiseKind = Literal["none", "symmetric", "asymmetric", "human"]
@@ -25,6 +25,27 @@ NoiseKind = Literal["none", "symmetric", "asymmetric", "human"]
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise UserError(f"{key} {message}")
+
+
+SEED_LIMIT = 2**32
+"""Seeds go to numpy's RandomState and scikit-learn, which take only [0, 2**32)."""
+
+
+def check_seed(value: int, key: str) -> None:
+    """Refuse a seed numpy and scikit-learn cannot take, naming the setting and its range."""
+    _check(
+        0 <= value < SEED_LIMIT,
+        key,
+        f"must be a whole number from 0 to {SEED_LIMIT - 1} (2**32 - 1), got {value}",
+    )
+
+
+MAX_WORKERS = 256
+"""The most loader processes (`data.workers`) and CPU threads (`train.threads`) a run may ask
+for: far above any machine's use, and low enough that a typo cannot fork thousands of them."""
+MAX_SIDE = 8192
+"""The largest image side (`data.image_size`, `data.resize`) a run may ask for; a bigger crop
+would fail allocating its first batch."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,11 +122,20 @@ class DataConfig:
             "data.eval_batch_size",
             "must be positive",
         )
-        _check(self.workers is None or self.workers >= 0, "data.workers", "must be >= 0")
+        _check(
+            self.workers is None or 0 <= self.workers <= MAX_WORKERS,
+            "data.workers",
+            f"must be from 0 to {MAX_WORKERS}",
+        )
         _check(0 < self.digits_test_fraction < 1, "data.digits_test_fraction", "must be in (0, 1)")
         _check(0 < self.holdout_fraction < 1, "data.holdout_fraction", "must be in (0, 1)")
-        _check(self.image_size > 0, "data.image_size", "must be positive")
-        _check(self.resize is None or self.resize > 0, "data.resize", "must be positive")
+        _check(0 < self.image_size <= MAX_SIDE, "data.image_size", f"must be from 1 to {MAX_SIDE}")
+        _check(
+            self.resize is None or 0 < self.resize <= MAX_SIDE,
+            "data.resize",
+            f"must be from 1 to {MAX_SIDE}",
+        )
+        check_seed(self.subset_seed, "data.subset_seed")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,7 +161,12 @@ class NoiseConfig:
     def __post_init__(self) -> None:
         _check(0.0 <= self.rate < 1.0, "noise.rate", f"must be in [0, 1), got {self.rate}")
         _check(0.0 <= self.openset_ratio < 1.0, "noise.openset_ratio", "must be in [0, 1)")
-        _check(self.seed >= 0, "noise.seed", "must be a non-negative integer")
+        check_seed(self.seed, "noise.seed")
+
+
+MAX_OUTPUTS = 100_000
+"""The most logits a net may have: data/layouts.py's class limit (a head this wide is already
+large; a wider one would fail allocating memory instead)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,7 +189,11 @@ class ModelConfig:
     for its 101 classes (act-spec C.3): set 200 to reproduce that quirk."""
 
     def __post_init__(self) -> None:
-        _check(self.num_outputs is None or self.num_outputs > 1, "model.num_outputs", "must be > 1")
+        _check(
+            self.num_outputs is None or 1 < self.num_outputs <= MAX_OUTPUTS,
+            "model.num_outputs",
+            f"must be > 1 and at most {MAX_OUTPUTS}",
+        )
         _check(
             self.name != "timm:" and self.name.strip() == self.name,
             "model.name",
@@ -257,10 +296,23 @@ class TrainConfig:
     process normalises over its own share of the batch."""
 
     def __post_init__(self) -> None:
-        _check(self.epochs > 0, "train.epochs", "must be positive")
-        _check(self.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
-        _check(self.threads is None or self.threads > 0, "train.threads", "must be positive")
+        _check(
+            0 < self.epochs <= MAX_EPOCH,
+            "train.epochs",
+            f"must be positive and at most {MAX_EPOCH}",
+        )
+        _check(
+            0 <= self.warmup_epochs <= MAX_EPOCH,
+            "train.warmup_epochs",
+            f"must be from 0 to {MAX_EPOCH}",
+        )
+        _check(
+            self.threads is None or 0 < self.threads <= MAX_WORKERS,
+            "train.threads",
+            f"must be from 1 to {MAX_WORKERS}",
+        )
         _check(self.checkpoint_steps >= 0, "train.checkpoint_steps", "must be >= 0")
+        check_seed(self.seed, "train.seed")
         if self.budget is not None:
             parse_duration(self.budget)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from asymco.errors import UserError
 from asymco.files import write_text_atomic
+from asymco.text import csv_cell, csv_value
 
 COLUMNS = (
     "index",
@@ -31,6 +32,10 @@ COLUMNS = (
     "given_label_prob",
     "predicted_label_prob",
 )
+TEXT_COLUMNS = ("path", "given_class", "predicted_class")
+"""The user's text (file paths, class names): written with `csv_cell`, so a name a spreadsheet
+would run as a formula is inert, and read back with `csv_value`. The other columns are numbers
+and flags, written as they are."""
 OPTIONAL_COLUMNS = ("predicted_label_prob",)
 """Columns added after the first release: a `label_issues.csv` of an older run lacks them."""
 
@@ -120,11 +125,11 @@ def write_label_issues(
         writer.writerow(
             [
                 int(i if sample_id is None else sample_id[i]),
-                "" if paths is None else str(paths[i]),
+                "" if paths is None else csv_cell(str(paths[i])),
                 given,
-                classes[given],
+                csv_cell(classes[given]),
                 predicted,
-                classes[predicted],
+                csv_cell(classes[predicted]),
                 f"{quality['label_score'][i]:.6f}",
                 bool(quality["is_label_issue"][i]),
                 "" if selected_epochs is None else int(selected_epochs[i]),
@@ -137,7 +142,8 @@ def write_label_issues(
 
 
 def read_label_issues(path: Path) -> list[dict[str, str]]:
-    """The rows of a run directory's `label_issues.csv`, most suspect first."""
+    """The rows of a run directory's `label_issues.csv`, most suspect first, with the paths and
+    class names as the run was given them (`TEXT_COLUMNS`)."""
     if not path.is_file():
         raise UserError(f"{path} does not exist; is this an asymco run directory?")
     with path.open(newline="") as f:
@@ -145,4 +151,8 @@ def read_label_issues(path: Path) -> list[dict[str, str]]:
     missing = set(COLUMNS) - set(OPTIONAL_COLUMNS) - set(rows[0] if rows else COLUMNS)
     if missing:
         raise UserError(f"{path} lacks the columns {sorted(missing)}")
+    for row in rows:
+        for column in TEXT_COLUMNS:
+            if isinstance(row.get(column), str):  # None: a short row, the caller's to refuse
+                row[column] = csv_value(row[column])
     return rows

@@ -29,12 +29,18 @@ _STEP_MILESTONES = {"step": (60, 120, 150), "baseline": (60, 120, 150), "step30"
 _STEP_FACTOR = 0.1
 
 
+MAX_EPOCH = 100_000
+"""The largest epoch number a plan may name (and `train.epochs` may ask for): a plan holds one
+value per epoch, so an absurd number would fill the memory instead of training."""
+
+
 def parse_decay(decay: str) -> tuple[str, tuple[float, ...]]:
     """Split `name:a,b,c` into its name and numbers; raise `UserError` on a malformed string.
 
-    Besides the shape of each form (see the module docstring), a `step:...` list is refused where
-    the official code would crash or the plan would make no sense: an empty list (`step:`), a
-    value that is not finite, a milestone that is not a whole number >= 0, or a factor <= 0.
+    Besides the shape of each form (see the module docstring), a list is refused where the
+    official code would crash or the plan would make no sense: an empty list (`step:`), a value
+    that is not finite, an epoch number (a cosine's start and stop, a step milestone) that is not
+    a whole number in [0, MAX_EPOCH], a cosine end below 0 or a step factor <= 0.
     `baseline`, `step30` and `constant` take no numbers. The numbers come back as written, so for
     `step:40,80,0.5` they are (40.0, 80.0, 0.5); `step_schedule` tells milestones from factor.
     """
@@ -43,16 +49,26 @@ def parse_decay(decay: str) -> tuple[str, tuple[float, ...]]:
         numbers = tuple(float(x) for x in rest.split(",")) if rest else ()
     except ValueError:
         raise UserError(f"optim.lr_decay {decay!r} has a value that is not a number") from None
+    if not all(math.isfinite(x) for x in numbers):
+        raise UserError(f"optim.lr_decay {decay!r} has a value that is not a finite number")
     if name == "cosine":
         if len(numbers) != 3:
             raise UserError(f"optim.lr_decay {decay!r} must look like cosine:start,end,stop")
-        start, _, stop = numbers
+        start, end, stop = numbers
+        _check_epochs(decay, (start, stop), "epoch")
+        if end < 0:
+            raise UserError(f"optim.lr_decay {decay!r}: the end value {end:g} must be >= 0")
         if stop <= start:
             raise UserError(f"optim.lr_decay {decay!r}: stop must come after start")
     elif name == "step" and colon:
         if not numbers:
             raise UserError(f"optim.lr_decay {decay!r} lists no milestones; use step:e1,e2,...")
-        _check_step_numbers(decay, numbers)
+        milestones, factor = step_schedule(numbers)
+        if factor <= 0:
+            raise UserError(
+                f"optim.lr_decay {decay!r}: the decay factor {factor:g} must be above 0"
+            )
+        _check_epochs(decay, milestones, "milestone")
     elif name in _STEP_MILESTONES or name == "constant":
         if colon:
             raise UserError(f"optim.lr_decay {decay!r}: {name!r} takes no numbers")
@@ -64,17 +80,13 @@ def parse_decay(decay: str) -> tuple[str, tuple[float, ...]]:
     return name, numbers
 
 
-def _check_step_numbers(decay: str, numbers: tuple[float, ...]) -> None:
-    """Refuse a `step:...` list the official code would crash on or that makes no sense."""
-    if not all(math.isfinite(x) for x in numbers):
-        raise UserError(f"optim.lr_decay {decay!r} has a value that is not a finite number")
-    milestones, factor = step_schedule(numbers)
-    if factor <= 0:
-        raise UserError(f"optim.lr_decay {decay!r}: the decay factor {factor:g} must be above 0")
-    for m in milestones:
-        if m != int(m) or m < 0:
+def _check_epochs(decay: str, epochs: tuple[float, ...], what: str) -> None:
+    """Refuse an epoch number the plan cannot hold: not whole, negative or past MAX_EPOCH."""
+    for e in epochs:
+        if e != int(e) or not 0 <= e <= MAX_EPOCH:
             raise UserError(
-                f"optim.lr_decay {decay!r}: the milestone {m:g} is not a whole epoch number >= 0"
+                f"optim.lr_decay {decay!r}: the {what} {e:g} is not a whole epoch number "
+                f"from 0 to {MAX_EPOCH}"
             )
 
 
@@ -170,11 +182,11 @@ def rescale_decay(decay: str, *, epochs: int, new_epochs: int) -> str:
     ratio = new_epochs / epochs
 
     def scaled(epoch: float) -> int:
-        return max(0, round(epoch * ratio))
+        return min(MAX_EPOCH, max(0, round(epoch * ratio)))
 
     if name == "cosine":
         start, end, stop = numbers
-        first = scaled(start)
+        first = min(scaled(start), MAX_EPOCH - 1)
         return f"cosine:{first},{end:g},{max(first + 1, scaled(stop))}"
     if name in ("constant", "baseline"):  # baseline: fixed epochs 60/120/150, no warmup
         return decay

@@ -55,26 +55,55 @@ def _survey(cfg: RunConfig) -> tuple[int, int, int]:
 
     The data is checked here in full (labels, class count, test split), so bad data gets its
     one sentence before any defaults are chosen and printed."""
-    from asymco.data.datasets import own_splits, read_own_npz
+    from asymco.data.datasets import check_holdout, own_splits, read_own_npz
 
     d = cfg.data
     if d.dataset == "npz":
         own = read_own_npz(
             Path(d.root).expanduser(), Path(d.test_root).expanduser() if d.test_root else None
         )
+        if own.x_test is None:
+            check_holdout(own.y, d.holdout_fraction)
         shape = own.x.shape
         return shape[0], min(shape[1:3]), shape[3]
+    split, test = own_splits(d)
+    if test is None:
+        check_holdout(split.labels, d.holdout_fraction)
+    sides = _sides(split.paths[:: max(1, len(split.paths) // 20)][:20])
+    if not sides:  # not one of the sampled images opens: does any?
+        _check_any_opens(split.paths)
+    return len(split.paths), int(np.median(sides)) if sides else 224, 3
+
+
+def _sides(paths: np.ndarray) -> list[int]:
+    """The shorter side of each image of `paths` whose header can be read."""
     from asymco.data.encoded import open_image
 
-    split, _ = own_splits(d)
     sides = []
-    for path in split.paths[:: max(1, len(split.paths) // 20)][:20]:
+    for path in paths:
         try:
             with open_image(path) as img:  # reads the header only
                 sides.append(min(img.size))
         except OSError:
             continue
-    return len(split.paths), int(np.median(sides)) if sides else 224, 3
+    return sides
+
+
+def _check_any_opens(paths: np.ndarray) -> None:
+    """Refuse data of which no image opens, in one sentence, before the defaults are printed."""
+    from asymco.data.encoded import open_image
+
+    for path in paths:
+        try:
+            with open_image(path):
+                return
+        except OSError:
+            continue
+    if len(paths):
+        raise UserError(
+            f"none of the {len(paths)} images can be read (e.g. {paths[0]}); check that they "
+            "are image files that open"
+        )
 
 
 def choose_defaults(cfg: RunConfig, model_input: InputSpec | None = None) -> RunConfig:

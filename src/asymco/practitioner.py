@@ -21,6 +21,7 @@ import torch
 from asymco import api
 from asymco.data.arrays import as_uint8_images
 from asymco.label_issues import COLUMNS
+from asymco.text import csv_value
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,6 @@ def _read_table(path: Path) -> dict[str, np.ndarray]:
             table[column] = np.array([float(v) if v else np.nan for v in values])
         elif column == "selected_epochs":
             table[column] = np.array([int(v) if v else -1 for v in values])
-        else:
-            table[column] = np.array(values)
+        else:  # the paths and class names, as the run was given them
+            table[column] = np.array([csv_value(v) for v in values])
     return table

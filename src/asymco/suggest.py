@@ -12,9 +12,10 @@ The rule, applied to each row of a run's `label_issues.csv`:
   spreads its belief over several classes, or agrees with the given class although the
   selection rejected the sample, or the run predates the `predicted_label_prob` column.
 
-Class names and paths come from users, so every CSV cell that a spreadsheet would read as a
+Class names and paths come from users, so every text cell that a spreadsheet would read as a
 formula (one beginning with `=`, `+`, `-`, `@`, a tab or a carriage return) is written with a
-leading apostrophe (OWASP's advice against CSV injection).
+leading apostrophe (OWASP's advice against CSV injection; `asymco.text.csv_cell`). Number cells
+are written as they are.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Literal
 from asymco.errors import UserError
 from asymco.files import write_text_atomic
 from asymco.label_issues import read_label_issues
+from asymco.text import csv_cell
 
 CONFIDENT = 0.5
 """Predicted-class probability from which a flagged label is relabelled instead of reviewed."""
@@ -45,7 +47,6 @@ EXPORT_COLUMNS = (
     "label_score",
 )
 Action = Literal["keep", "relabel", "review"]
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -124,13 +125,9 @@ def suggest(suspect: Suspect, *, confident: float = CONFIDENT) -> tuple[Action, 
     return "review", ""
 
 
-def inert(cell: str) -> str:
-    """`cell` as a spreadsheet shows it as text: a leading apostrophe before a formula start."""
-    return "'" + cell if cell.startswith(_FORMULA_STARTS) else cell
-
-
 def export_rows(suspects: list[Suspect], *, confident: float = CONFIDENT) -> list[list[str]]:
-    """The export table's rows (`EXPORT_COLUMNS`), most suspect first, cells made inert."""
+    """The export table's rows (`EXPORT_COLUMNS`), most suspect first, text cells made inert
+    (`csv_cell`: `csv_value` reads each name back)."""
     rows = []
     for s in suspects:
         action, suggested = suggest(s, confident=confident)
@@ -138,17 +135,17 @@ def export_rows(suspects: list[Suspect], *, confident: float = CONFIDENT) -> lis
         probability = "" if math.isnan(s.predicted_label_prob) else f"{s.predicted_label_prob:.6f}"
         cells = [
             str(s.index),
-            s.path,
+            csv_cell(s.path),
             str(s.given_label),
-            s.given_class,
+            csv_cell(s.given_class),
             action,
             "" if label is None else str(label),
-            suggested,
-            s.predicted_class,
+            csv_cell(suggested),
+            csv_cell(s.predicted_class),
             probability,
             f"{s.label_score:.6f}",
         ]
-        rows.append([inert(c) for c in cells])
+        rows.append(cells)
     return rows
 
 

@@ -129,8 +129,28 @@ def _split_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.n
     stratify = labels if counts[counts > 0].min() >= 2 else None
     if stratify is None:
         logger.warning("a class has a single image: the held-out split is not stratified")
+    check_holdout(labels, fraction)
     train, test = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
     return np.sort(train), np.sort(test)
+
+
+def check_holdout(labels: np.ndarray, fraction: float) -> None:
+    """Refuse, in one sentence, a hold-out of `fraction` of `labels` that scikit-learn cannot
+    draw: each side of a stratified split (every class has 2 images or more) needs an image of
+    every class, each side of a plain one an image."""
+    counts = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
+    present = counts[counts > 0]
+    classes = len(present) if len(present) and present.min() >= 2 else 1
+    n = len(labels)
+    held = int(np.ceil(fraction * n))  # scikit-learn's rounding of test_size
+    if min(held, n - held) >= classes:
+        return
+    need = f"{classes} images on each side, one per class" if classes > 1 else "one on each side"
+    raise UserError(
+        f"holding out data.holdout_fraction={fraction:g} of {n} images keeps {n - held} for "
+        f"training and {held} for testing, but the split needs at least {need}; give a test split "
+        "(--test), more images, or another data.holdout_fraction"
+    )
 
 
 def _own_npz(path: Path, data: DataConfig) -> Source:

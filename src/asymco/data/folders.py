@@ -37,6 +37,7 @@ from asymco.data.loader import WorkerLoader
 from asymco.data.sharding import BatchPlan, item_seed
 from asymco.errors import UserError
 from asymco.randaugment import RandAugmentUDA
+from asymco.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ def verify_images(
         paths: Image paths.
         workers: Threads to use (0: in this thread). PIL decodes without holding the GIL, so
             threads scale without pickling anything.
-        on_bad_image: "skip" logs each unreadable path and a final count; "stop" raises at the
-            first one in path order.
+        on_bad_image: "skip" logs each unreadable path and a final count (and raises when no
+            image can be read); "stop" raises at the first one in path order.
         truncated_ok: Accept truncated images, as the reference does.
         decode: Also decode the pixel data (finds truncated and corrupt files); False only reads
             the headers (finds missing, empty and non-image files, much faster).
@@ -81,7 +82,8 @@ def verify_images(
         (N,) bool, True where the image cannot be read.
 
     Raises:
-        UserError: with on_bad_image="stop", naming the first unreadable path.
+        UserError: with on_bad_image="stop", naming the first unreadable path; with "skip",
+            when not one image can be read.
     """
     if on_bad_image not in ("skip", "stop"):
         raise ValueError(f"on_bad_image must be 'skip' or 'stop', got {on_bad_image!r}")
@@ -93,6 +95,7 @@ def verify_images(
     def check(chunk: range) -> list[tuple[int, str]]:
         return [(i, why) for i in chunk if (why := _problem(paths[i], decode)) is not None]
 
+    problems: list[tuple[int, str]] = []
     pool = ThreadPoolExecutor(workers) if workers > 0 else None
     try:
         for found in pool.map(check, chunks) if pool else map(check, chunks):
@@ -102,14 +105,28 @@ def verify_images(
                         f"cannot read image {paths[i]} ({why}); repair or delete it, "
                         "or set on_bad_image to 'skip' to leave unreadable images out"
                     )
-                logger.warning("leaving out unreadable image %s (%s)", paths[i], why)
+                problems.append((i, why))
                 bad[i] = True
     finally:
         if pool:  # on "stop", do not wait for the chunks nobody will look at
             pool.shutdown(wait=True, cancel_futures=True)
-    if bad.any():
-        logger.warning("left out %d of %d images that cannot be read", int(bad.sum()), len(bad))
+    _report_unreadable(paths, problems)
     return bad
+
+
+def _report_unreadable(paths: Sequence[object], problems: list[tuple[int, str]]) -> None:
+    """Warn about each image left out and their count; when not one image can be read, that is
+    the one sentence to say (whatever else would fail later, e.g. an empty training set)."""
+    if problems and len(problems) == len(paths):
+        i, why = problems[0]
+        raise UserError(
+            f"none of the {len(paths)} images can be read (e.g. {paths[i]}: {why}); check that "
+            "they are image files that open"
+        )
+    for i, why in problems:
+        logger.warning("leaving out unreadable image %s (%s)", printable(paths[i]), why)
+    if problems:
+        logger.warning("left out %d of %d images that cannot be read", len(problems), len(paths))
 
 
 def keep_good_images(
@@ -135,7 +152,9 @@ def keep_good_images(
     kept = split.select(good)
     counts = np.bincount(kept.labels, minlength=len(kept.classes))
     for c in np.flatnonzero(counts == 0):
-        logger.warning("the %s split has no readable images of class %s", name, kept.classes[c])
+        logger.warning(
+            "the %s split has no readable images of class %s", name, printable(kept.classes[c])
+        )
     return kept
 
 

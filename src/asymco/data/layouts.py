@@ -19,6 +19,7 @@ import numpy as np
 
 from asymco.data.encoded import image_refs
 from asymco.errors import UserError
+from asymco.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def scan_image_folder(root: Path) -> FolderSplit:
             f"{', '.join(IMG_EXTENSIONS)}; add images under <root>/<class>/"
         )
     for name in empty:
-        logger.warning("skipping class folder %s: it holds no images", root / name)
+        logger.warning("skipping class folder %s: it holds no images", printable(root / name))
     return FolderSplit(np.array(paths, dtype=np.str_), np.array(labels), classes)
 
 

@@ -18,6 +18,7 @@ from asymco.data.datasets import find_labels_file, load_dataset
 from asymco.data.noise import known_classes, make_noisy_labels
 from asymco.data.sources import Source
 from asymco.errors import UserError
+from asymco.text import printable
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,9 @@ def describe_data(data: NoisyData, noise: NoiseConfig) -> str:
     rate = "unknown" if data.noise_rate_actual is None else f"{data.noise_rate_actual:.5f}"
     kind = noise.kind if noise.kind in ("none", "human") else f"{noise.kind}@{noise.rate:g}"
     return (
-        f"data: {data.origin} | {len(data.noisy_label)} train / {len(data.test_label)} test "
-        f"images, {data.num_classes} classes, noise {kind} (actual rate {rate})"
+        f"data: {printable(data.origin)} | {len(data.noisy_label)} train / "
+        f"{len(data.test_label)} test images, {data.num_classes} classes, noise {kind} "
+        f"(actual rate {rate})"
     )
 
 

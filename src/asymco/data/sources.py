@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from asymco.errors import UserError
+from asymco.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,13 @@ def load_source(
         return load_digits(seed=seed, test_fraction=test_fraction)
     if dataset not in _TORCHVISION_FOLDERS:
         raise UserError(f"unknown dataset {dataset!r}; choose cifar10, cifar100 or digits")
-    return load_cifar(dataset, root=Path(root) if root else default_root(), download=download)
+    given = Path(root).expanduser() if root else None
+    if given and given.suffix != ".npz" and not given.exists():  # a typo grows no folder tree
+        raise UserError(
+            f"{root} (--data-dir, data.root) does not exist; check the path, "
+            f"or create the folder first to download {dataset} into it"
+        )
+    return load_cifar(dataset, root=given or default_root(), download=download)
 
 
 def load_cifar(name: str, *, root: Path, download: bool) -> Source:
@@ -79,7 +86,7 @@ def load_cifar(name: str, *, root: Path, download: bool) -> Source:
         try:  # use what is there; let torchvision repair a broken folder only if it must
             return _load_torchvision(name, root, download=False)
         except UserError:
-            logger.warning("%s in %s looks incomplete; downloading it again", name, root)
+            logger.warning("%s in %s looks incomplete; downloading it again", name, printable(root))
     return _load_torchvision(name, root, download=download)
 
 
@@ -93,8 +100,12 @@ def _load_torchvision(name: str, root: Path, *, download: bool) -> Source:
         test = cls(str(root), train=False, download=False)
     except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
         raise UserError(f"{name} in {root} is missing or corrupted ({err})") from None
-    except OSError as err:  # no network, no permission, disk full
-        raise UserError(f"could not download {name} into {root}: {err}") from None
+    except OSError as err:  # no network (urllib's URLError), no permission, disk full
+        raise UserError(
+            f"could not download {name} into {root} ({err}; no network?); on a machine without "
+            f"one, copy {name}.npz or torchvision's {_TORCHVISION_FOLDERS[name]}/ folder there "
+            "and point --data-dir at it"
+        ) from None
     return Source(
         x_train=np.asarray(train.data, dtype=np.uint8),
         y_train=np.asarray(train.targets, dtype=np.int64),

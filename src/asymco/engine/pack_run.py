@@ -31,6 +31,7 @@ from asymco.engine.rundir import RunDir
 from asymco.engine.stop import StopSignal
 from asymco.errors import PreemptedError, UserError
 from asymco.methods.base import Method
+from asymco.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Member:
     start: Position
 
     def log(self, message: str) -> None:
-        logger.info("[%s] %s", self.run.path, message)
+        logger.info("[%s] %s", printable(self.run.path), message)
 
 
 def build_member(run: RunDir, cfg: RunConfig, exe: Execution, *, resume: bool) -> Member:

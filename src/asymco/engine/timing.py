@@ -30,7 +30,7 @@ from asymco.engine.distributed import Dist
 from asymco.engine.loop import train_step, training_pass
 from asymco.engine.precision import Execution
 from asymco.errors import UserError
-from asymco.lr_plan import rescale_decay
+from asymco.lr_plan import MAX_EPOCH, rescale_decay
 from asymco.methods.base import Method
 
 logger = logging.getLogger(__name__)
@@ -209,6 +209,7 @@ def fit_budget(cfg: RunConfig, times: StepTimes, spent: float) -> RunConfig:
         )
     if not t.budget_fill:
         epochs = min(epochs, t.epochs)
+    epochs = min(epochs, MAX_EPOCH)  # a tiny set under a long budget: the plan's own limit
     warmup = min(max(1, round(epochs * share)), epochs - 1) if t.warmup_epochs else 0
     decay = rescale_decay(cfg.optim.lr_decay, epochs=t.epochs, new_epochs=epochs)
     return dataclasses.replace(

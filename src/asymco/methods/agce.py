@@ -30,6 +30,7 @@ the constant warmup LR), SGD nesterov lr 0.01 wd 5e-4 cosine to 5e-4, batch 128,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -61,6 +62,15 @@ class AGCESettings(MethodSettings):
                 raise UserError(f"method.{key} must be positive, got {getattr(self, key)}")
         if not self.nce_weight >= 0:
             raise UserError(f"method.nce_weight must be >= 0, got {self.nce_weight}")
+        try:  # the loss's bound (a + 1)^q: past float range, every loss would overflow
+            bound = (self.a + 1.0) ** self.q
+        except OverflowError:
+            bound = math.inf
+        if not math.isfinite(bound):
+            raise UserError(
+                f"method.a={self.a:g} and method.q={self.q:g} make (a + 1)^q overflow; "
+                "use a smaller q (the paper's: 0.6)"
+            )
 
 
 def asymmetric_gce(logits: Tensor, target: Tensor, *, a: float, q: float) -> Tensor:

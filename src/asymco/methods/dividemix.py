@@ -52,7 +52,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from torch import Tensor, nn
 
-from asymco.config import NoiseConfig
+from asymco.config import NoiseConfig, check_seed
 from asymco.errors import UserError
 from asymco.methods.base import Batch, Method, MethodSettings
 
@@ -96,11 +96,11 @@ class DivideMixSettings(MethodSettings):
         for key in ("temperature", "alpha", "gmm_max_iter", "gmm_tol"):
             if not getattr(self, key) > 0:
                 raise UserError(f"method.{key} must be positive, got {getattr(self, key)}")
-        for key in ("lambda_u", "conf_penalty", "rampup_epochs", "prior_weight",
-                    "gmm_reg_covar", "gmm_seed"):
+        for key in ("lambda_u", "conf_penalty", "rampup_epochs", "prior_weight", "gmm_reg_covar"):
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise UserError(f"method.{key} must be >= 0, got {value}")
+        check_seed(self.gmm_seed, "method.gmm_seed")
 
     def resolved(self, noise: NoiseConfig) -> DivideMixSettings:
         """The paper's values for this noise where a setting is left to the run (None)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from asymco.report.collect import Run, find_runs, load_run
 from asymco.report.render import write_report
 from asymco.report.tables import TableRow, build_rows, markdown_table
+from asymco.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ def make_report(paths: list[Path], out_dir: Path) -> tuple[Path, Path]:
     """
     runs = find_runs(list(paths))
     markdown_path, html_path = write_report(runs, Path(out_dir))
-    logger.info("report on %d runs: %s, %s", len(runs), markdown_path, html_path)
+    logger.info(
+        "report on %d runs: %s, %s", len(runs), printable(markdown_path), printable(html_path)
+    )
     return markdown_path, html_path
 
 

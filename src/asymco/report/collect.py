@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from asymco.errors import UserError
+from asymco.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def find_runs(paths: list[Path] | list[str]) -> list[Run]:
             try:
                 runs.append(load_run(directory))
             except UserError as err:
-                logger.warning("skipping %s: %s", directory, err)
+                logger.warning("skipping %s: %s", printable(directory), err)
     if not runs:
         shown = ", ".join(str(p) for p in paths) or "(no paths given)"
         raise UserError(f"no complete run directory (with {', '.join(RUN_FILES)}) found in {shown}")

@@ -14,6 +14,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from asymco.report.collect import Run
+from asymco.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +137,8 @@ def _paper(runs: list[Run]) -> float | None:
     if len(numbers) > 1:
         logger.warning(
             "runs of %s / %s disagree on the paper's number %s; showing the first",
-            runs[0].preset,
-            runs[0].method,
+            printable(runs[0].preset),
+            printable(runs[0].method),
             sorted(numbers),
         )
     for run in runs:
@@ -167,8 +168,8 @@ def build_rows(runs: list[Run]) -> list[TableRow]:
         if len(set(known)) < len(known):
             logger.warning(
                 "%s / %s has several runs with the same seed: %s",
-                preset,
-                method,
+                printable(preset),
+                printable(method),
                 [r.name for r in members],
             )
         mean = statistics.fmean(values)
