@@ -185,7 +185,7 @@ def test_non_finite_loss_mid_epoch_keeps_the_last_good_step_checkpoint(tmp_path,
         out = original(self, batch)
         # Counted per net pair: the run's step-time probe trains a throwaway pair for 3 steps.
         steps[self] = steps.get(self, 0) + 1
-        if self.epoch == 1 and steps[self] == 23 + 8:  # epoch 1 (23 steps each), step 7
+        if self.epoch == 1 and steps[self] == 23 + 8:  # 0-based epoch 1 (23 steps each), batch 8
             out["loss"] = out["loss"] * float("inf")
         return out
 
@@ -194,7 +194,7 @@ def test_non_finite_loss_mid_epoch_keeps_the_last_good_step_checkpoint(tmp_path,
     args = [x for s in SETTINGS for x in ("--set", s)]
     assert main(["train", "--preset", "quickstart", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "non-finite at epoch 2, batch 7" in err and len(err.splitlines()) == 1, err
+    assert "non-finite at epoch 2, batch 8" in err and len(err.splitlines()) == 1, err
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert (len(state["history"]), state["step"]) == (1, 5)  # the last step before the bad one
     rows = (out / "metrics.jsonl").read_text().splitlines()

@@ -169,7 +169,7 @@ def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_checkpoint(tmp_pat
         return out
 
     monkeypatch.setattr(ACT, "training_step", poisoned)
-    with pytest.raises(UserError, match=r"non-finite at epoch 2, batch 0"):
+    with pytest.raises(UserError, match=r"non-finite at epoch 2, batch 1"):
         _quick(tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1  # epoch 0 kept, the poisoned epoch never written

@@ -15,6 +15,7 @@ from asymco._clock import command_started
 from asymco.cli_train import add_train, is_main_process
 from asymco.errors import PreemptedError, UserError
 from asymco.files import describe_os_error
+from asymco.text import printable
 
 EXIT_USAGE = 2
 EXIT_OS = 1  # the machine failed the run (a full disk, ...), not its input
@@ -49,7 +50,6 @@ def _presets(args: argparse.Namespace) -> int:
 
 def _issues(args: argparse.Namespace) -> int:
     from asymco.suggest import read_suspects
-    from asymco.text import printable
 
     if args.top is not None and args.top < 0:
         raise UserError(f"--top must be 0 or more, got {args.top}")
@@ -90,9 +90,10 @@ def _issues_files(args: argparse.Namespace, run_dir: Path) -> int:
     if args.export is not None:
         export = write_export(Path(args.export), suspects)
         counts = ", ".join(f"{action} {n}" for action, n in action_counts(suspects).items())
-        written.append(f"wrote {export} ({counts})")
+        written.append(f"wrote {printable(export)} ({counts})")
     if args.html is not None:
-        written.append(f"wrote {write_gallery(page, run_dir.resolve().name, suspects, images)}")
+        page = write_gallery(page, run_dir.resolve().name, suspects, images)
+        written.append(f"wrote {printable(page)}")
     print("\n".join(written))
     return 0
 
@@ -140,7 +141,7 @@ def _report(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
     markdown, html = make_report([Path(d) for d in args.dirs], out)
-    print(f"wrote {markdown} and {html}")
+    print(f"wrote {printable(markdown)} and {printable(html)}")
     return 0
 
 
@@ -254,5 +255,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def _resume_hint(stopped: BaseException) -> str:
     run_dir = getattr(stopped, "run_dir", None)  # set once a run directory was chosen
-    where = f" --out {shlex.quote(str(run_dir))}" if run_dir else ""
+    where = f" --out {printable(shlex.quote(str(run_dir)))}" if run_dir else ""
     return f"run the same command with --resume{where} to continue"

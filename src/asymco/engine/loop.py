@@ -266,7 +266,7 @@ class EpochRun:
         bad, fewest, most = torch.stack([bad, global_visits.min(), global_visits.max()]).tolist()
         if bad != NO_BAD_STEP:
             raise UserError(
-                f"the training loss became non-finite at epoch {self.epoch + 1}, batch {bad}; "
+                f"the training loss became non-finite at epoch {self.epoch + 1}, batch {bad + 1}; "
                 "lower the learning rate or use train.precision=fp32 (the last good checkpoint "
                 "is kept)"
             )
