@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from asymco.errors import UserError
+from asymco.untrusted import TEXT_LIMIT, decoding, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +101,7 @@ def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
+    return read_text(path, "run file", TEXT_LIMIT)
 
 
 def load_run(path: Path | str) -> Run:
@@ -128,29 +126,23 @@ def load_run(path: Path | str) -> Run:
             f"{path} is not a complete run directory: missing {', '.join(missing)} "
             "(a run still training has no summary.json yet)"
         )
-    try:
+    with decoding(path / CONFIG_FILE, "run file", "copy the run again"):
         config = yaml.safe_load(_read_text(path / CONFIG_FILE))
-    except yaml.YAMLError as err:
-        raise UserError(f"{path / CONFIG_FILE} is not valid YAML: {err}") from None
     if not isinstance(config, dict):
         raise UserError(f"{path / CONFIG_FILE} does not hold a mapping of settings")
     metrics: list[dict[str, Any]] = []
     for number, line in enumerate(_read_text(path / METRICS_FILE).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
+        with decoding(path / METRICS_FILE, "run file", f"line {number} is not JSON"):
             row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path / METRICS_FILE} line {number} is not JSON: {err}") from None
         if not isinstance(row, dict):
             raise UserError(f"{path / METRICS_FILE} line {number} is not a JSON object")
         metrics.append(row)
     if not metrics:
         raise UserError(f"{path / METRICS_FILE} holds no epochs")
-    try:
+    with decoding(path / SUMMARY_FILE, "run file", "copy the run again"):
         summary = json.loads(_read_text(path / SUMMARY_FILE))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path / SUMMARY_FILE} is not JSON: {err}") from None
     if not isinstance(summary, dict) or not isinstance(
         summary.get("test_acc_last10_mean"), (int, float)
     ):
