@@ -65,14 +65,15 @@ def _survey(cfg: RunConfig) -> tuple[int, int, int]:
         shape = own.x.shape
         return shape[0], min(shape[1:3]), shape[3]
     from asymco.data.encoded import open_image
+    from asymco.untrusted import decoding
 
     split, _ = own_splits(d)
     sides = []
     for path in split.paths[:: max(1, len(split.paths) // 20)][:20]:
-        try:
-            with open_image(path) as img:  # reads the header only
+        try:  # unreadable images are left out later (data.on_bad_image); here they are skipped
+            with decoding(path, "image"), open_image(path) as img:  # reads the header only
                 sides.append(min(img.size))
-        except OSError:
+        except UserError:
             continue
     return len(split.paths), int(np.median(sides)) if sides else 224, 3
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +38,9 @@ def reason(err: BaseException) -> str:
     if isinstance(err, MemoryError):
         return "it declares more data than fits in memory"
     if "Weights only load failed" in text:  # torch's refusal is paragraphs of advice
-        return "it holds objects other than tensors and plain values, refused as unsafe"
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        needs = found.group(1) if found else "objects other than tensors and plain values"
+        return f"it needs {needs} to unpickle, so it was refused: loading it could run code"
     first = text.splitlines()[0] if text else ""
     return _oneline(f"{type(err).__name__}: {first}" if first else type(err).__name__)
 
@@ -73,14 +76,15 @@ def read_bytes(path: Path, what: str, limit: int) -> bytes:
         raise UserError(f"cannot read {what} {path} ({err.strerror or err})") from None
 
 
-def read_text(path: Path, what: str, limit: int, encoding: str = "utf-8") -> str:
+def read_text(path: Path, what: str, limit: int, *, encoding: str = "utf-8", fix: str = "") -> str:
     """`read_bytes` decoded as UTF-8 text (`encoding`="utf-8-sig" also drops a BOM)."""
     data = read_bytes(path, what, limit)
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as err:
         raise UserError(
-            f"cannot read {what} {path}: it is not UTF-8 text ({err.reason} at byte {err.start})"
+            f"cannot read {what} {path}: it is not UTF-8 text ({err.reason} at byte "
+            f"{err.start}){'; ' + fix if fix else ''}"
         ) from None
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from asymco.errors import UserError
+from asymco.untrusted import check_arrays, decoding
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,9 @@ def load_npz(path: Path, name: str) -> Source:
 
 @functools.lru_cache(maxsize=1)
 def _load_npz(path: Path, name: str, mtime_ns: int, size: int) -> Source:
-    try:
+    fix = "download or write it again"
+    check_arrays(path, "the .npz archive", fix)  # declared sizes, before allocating
+    with decoding(path, "the .npz archive", fix):
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy under an .npz name
             raise UserError(f"{path} holds a single array, not an .npz archive of named arrays")
@@ -128,10 +130,6 @@ def _load_npz(path: Path, name: str, mtime_ns: int, size: int) -> Source:
             if missing:
                 raise UserError(f"{path} lacks the arrays {', '.join(missing)}")
             arrays = {k: archive[k] for k in _NPZ_KEYS}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        if isinstance(err, UserError):
-            raise
-        raise UserError(f"{path} is not a readable .npz archive ({err})") from None
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if len(y) == 0:
