@@ -38,9 +38,8 @@ def reason(err: BaseException) -> str:
     if isinstance(err, MemoryError):
         return "it declares more data than fits in memory"
     if "Weights only load failed" in text:  # torch's refusal is paragraphs of advice
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        needs = found.group(1) if found else "objects other than tensors and plain values"
-        return f"it needs {needs} to unpickle, so it was refused: loading it could run code"
+        found = re.search(r"WeightsUnpickler error: (.*)", text)
+        return _oneline(f"unreadable pickle: {found.group(1) if found else 'refused by torch'}")
     first = text.splitlines()[0] if text else ""
     return _oneline(f"{type(err).__name__}: {first}" if first else type(err).__name__)
 
@@ -48,7 +47,7 @@ def reason(err: BaseException) -> str:
 @contextlib.contextmanager
 def decoding(path: Path | str, what: str, fix: str = "") -> Iterator[None]:
     """Turn any exception raised while decoding `path` into one `UserError` sentence:
-    "cannot read WHAT PATH: it is damaged or truncated (REASON); FIX". A `UserError` raised
+    "cannot read WHAT PATH: it is corrupt or truncated (REASON); FIX". A `UserError` raised
     inside (a reader's own, more precise sentence) passes through unchanged."""
     try:
         yield
@@ -56,10 +55,13 @@ def decoding(path: Path | str, what: str, fix: str = "") -> Iterator[None]:
         raise
     except Exception as err:  # damaged bytes can fail in any way, MemoryError included
         hint = f"; {fix}" if fix else ""
-        raise UserError(
-            f"cannot read {what} {_oneline(str(path), 300)}: it is damaged or truncated "
-            f"({reason(err)}){hint}"
-        ) from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        account = (
+            f"it needs {found.group(1)} to unpickle, which could run code, so it was refused"
+            if found and "Weights only load failed" in str(err)
+            else f"it is corrupt or truncated ({reason(err)})"
+        )
+        raise UserError(f"cannot read {what} {_oneline(str(path), 300)}: {account}{hint}") from None
 
 
 def read_bytes(path: Path, what: str, limit: int) -> bytes:

@@ -113,7 +113,7 @@ def load_npz(path: Path, name: str) -> Source:
     try:
         stat = path.stat()
     except OSError as err:
-        raise UserError(f"{path} is not a readable .npz archive ({err.strerror})") from None
+        raise UserError(f"cannot read the .npz archive {path} ({err.strerror})") from None
     return _load_npz(path, name, stat.st_mtime_ns, stat.st_size)
 
 
