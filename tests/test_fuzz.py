@@ -14,6 +14,8 @@ import logging
 import random
 import re
 import struct
+import sys
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +29,13 @@ from asymco import api
 from asymco.cli import main
 from asymco.errors import UserError
 
-SETTINGS = ["train.epochs=2", "train.warmup_epochs=1", "train.progress=false"]
+SETTINGS = [
+    "train.epochs=2",
+    "train.warmup_epochs=1",
+    "train.progress=false",
+    "data.subset=256",
+    "data.test_subset=64",
+]
 _INPUTS = 120  # per reader; the whole file stays near a minute on two cores
 
 
@@ -213,7 +221,9 @@ def test_checkpoint(run, tmp_path):
 def test_run_config(run, tmp_path):
     folder = copy_run(run, tmp_path / "run")
     seed = (folder / "config.yaml").read_bytes()
-    fuzz("config.yaml", folder / "config.yaml", seeded(seed, 2), lambda: api.load_run_config(folder))
+    fuzz(
+        "config.yaml", folder / "config.yaml", seeded(seed, 2), lambda: api.load_run_config(folder)
+    )
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl", "summary.json"])
@@ -230,7 +240,9 @@ def test_sweep_summary_is_a_warning(run, tmp_path, caplog):
 
     folder = copy_run(run, tmp_path / "run")
     seed = (folder / "summary.json").read_bytes()
-    fuzz("sweep summary", folder / "summary.json", seeded(seed, 4, 40), lambda: _log_summary(folder))
+    fuzz(
+        "sweep summary", folder / "summary.json", seeded(seed, 4, 40), lambda: _log_summary(folder)
+    )
 
 
 def test_label_table(run, tmp_path):
@@ -248,3 +260,218 @@ def test_label_table(run, tmp_path):
         _read_table(path)
 
     fuzz("label_issues.csv", path, seeded(seed, 5), read)
+
+
+# ---------------------------------------------------------------------------- data files
+
+
+def _tiny_images(n: int, side: int = 8) -> np.ndarray:
+    return np.random.default_rng(n).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+
+
+def npz_bytes(compressed: bool, **arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    return buf.getvalue()
+
+
+def npz_inputs(seed: bytes, number: int) -> list[tuple[str, bytes]]:
+    return [*seeded(seed, number, _INPUTS // 2), *header_edits(seed, number)]
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["stored", "deflated"])
+def test_own_npz(tmp_path, compressed):
+    from asymco.data.datasets import read_own_npz
+
+    y = np.arange(40) % 4
+    seed = npz_bytes(
+        compressed,
+        x_train=_tiny_images(40),
+        y_train=y,
+        x_test=_tiny_images(8),
+        y_test=y[:8],
+        class_names=np.array(["a", "b", "c", "d"]),
+    )
+    path = tmp_path / "data.npz"
+    fuzz("own npz", path, npz_inputs(seed, 6 + compressed), lambda: read_own_npz(path))
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["stored", "deflated"])
+def test_cifar_npz(tmp_path, compressed):
+    from asymco.data import sources
+
+    y = np.arange(20) % 10
+    seed = npz_bytes(
+        compressed, x_train=_tiny_images(20), y_train=y, x_test=_tiny_images(10), y_test=y[:10]
+    )
+    path = tmp_path / "cifar10.npz"
+
+    def read() -> None:
+        sources._load_npz.cache_clear()  # each input is read, not the last one's copy
+        sources.load_npz(path, "cifar10")
+
+    fuzz("CIFAR npz", path, npz_inputs(seed, 8 + compressed), read)
+
+
+def test_cifarn_label_files(tmp_path):
+    from asymco.data.cifarn import cifarn_label_sets
+
+    labels = {"clean_label": np.arange(50) % 10, "aggre_label": (np.arange(50) + 1) % 10}
+    pt = io.BytesIO()
+    torch.save(labels, pt)
+    for name, seed, inputs in [
+        ("labels.npz", npz_bytes(False, **labels), npz_inputs),
+        ("labels.pt", pt.getvalue(), lambda data, n: seeded(data, n, _INPUTS // 2)),
+    ]:
+        path = tmp_path / name
+        fuzz(
+            f"CIFAR-N {name}",
+            path,
+            inputs(seed, 10),
+            lambda path=path: cifarn_label_sets(path, "cifar10", num_samples=50),
+        )
+
+
+def test_weights_file(tmp_path):
+    from asymco.models.weights import load_matching, read_state_dict
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    path, fix = tmp_path / "weights.pth", "fix model.weights"
+
+    def read() -> None:
+        state = read_state_dict(path, what="tiny", fix=fix)
+        load_matching(net, state, source=str(path), what="tiny", fix=fix)
+
+    fuzz("weights", path, seeded(buf.getvalue(), 11), read)
+
+
+def test_csv_labels(tmp_path):
+    from asymco.data.layouts import csv_dataset
+
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    seed = b"path,label\na.png,cat\nb.png,dog\nc.png,1\n\xef\xbb\xbfb.png,7\n"
+    seed = b"\xef\xbb\xbf" + seed.replace(b"\xef\xbb\xbf", b"")  # a BOM, as Excel writes
+    path = tmp_path / "labels.csv"
+    fuzz("CSV labels", path, seeded(seed, 12), lambda: csv_dataset(path))
+
+
+@pytest.mark.parametrize("kind", ["PNG", "JPEG"])
+def test_images(tmp_path, kind):
+    from asymco.data.folders import verify_images
+    from asymco.data.images import open_file_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, kind)
+    path = tmp_path / f"image.{kind.lower()}"
+
+    def read() -> None:
+        assert verify_images([str(path)], on_bad_image="skip").shape == (1,)  # never raises
+        verify_images([str(path)], on_bad_image="stop")
+        open_file_image(str(path))  # the gallery's reader
+
+    with pytest.MonkeyPatch.context() as patch:  # the skip policy's warnings are expected
+        patch.setattr(logging.getLogger("asymco.data.folders"), "disabled", True)
+        fuzz(f"{kind} image", path, seeded(buf.getvalue(), 13), read)
+
+
+# ---------------------------------------------------------------------------- the command line
+
+
+@pytest.fixture
+def cli(capsys):
+    """`cli(*args)` runs `asymco ARGS` in-process: (exit status, non-empty stderr lines, log
+    records and warnings counted as the command line would print them)."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)  # capsys's stream: logs count as stderr lines
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    old_level, root.level = root.level, logging.INFO
+
+    def run(*args: str | Path) -> tuple[int, list[str]]:
+        capsys.readouterr()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            warnings.simplefilter("ignore", DeprecationWarning)
+            status = main([str(a) for a in args])
+        err = capsys.readouterr().err + "".join(f"{w.message}\n" for w in caught)
+        return status, [line for line in err.splitlines() if line.strip()]
+
+    yield run
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+def refused_or_ran(cli, folder: Path, label: str, *args: str | Path) -> None:
+    """The command succeeds (the input was still valid), or exits 2 with one line and leaves
+    the files of `folder` as they were."""
+    before = snapshot(folder)
+    status, lines = cli(*args)
+    if status == 0:
+        return
+    assert status == 2 and len(lines) == 1, f"{label}: {status} {lines}"
+    assert lines[0].startswith("asymco: error: ") and "Traceback" not in lines[0], label
+    assert snapshot(folder) == before, f"{label} changed a file"
+
+
+def _pickle_range(checkpoint: bytes) -> list[tuple[int, int]]:
+    return [zip_hot(checkpoint)[0]]  # torch.save writes data.pkl first
+
+
+def test_cli_resume_with_a_damaged_checkpoint(run, tmp_path, cli):
+    folder = copy_run(run, tmp_path / "run")
+    seed = (folder / "checkpoint.pt").read_bytes()
+    inputs = [m for m in mutants(seed, 8, 21, _pickle_range(seed)) if "flip" in m[0]][-1:]
+    for label, data in [("random bytes", random.Random(21).randbytes(3000)), *inputs]:
+        (folder / "checkpoint.pt").write_bytes(data)
+        refused_or_ran(cli, folder, f"resume, {label}", "train", "--resume", "--out", folder)
+
+
+def test_cli_report_and_issues_with_damaged_files(run, tmp_path, cli):
+    folder = copy_run(run, tmp_path / "run")
+    for name, command in [
+        ("metrics.jsonl", ["report", folder, "--out", tmp_path / "report"]),
+        ("summary.json", ["report", folder, "--out", tmp_path / "report"]),
+        ("label_issues.csv", ["issues", folder]),
+    ]:
+        seed = (folder / name).read_bytes()
+        for label, data in mutants(seed, 6, 22, []):
+            (folder / name).write_bytes(data)
+            refused_or_ran(cli, folder, f"{name}, {label}", *command)
+        (folder / name).write_bytes(seed)
+
+
+def _huge(npz: bytes, member: str) -> bytes:
+    edits = header_edits(npz, 0)
+    return next(data for label, data in edits if label == f"npy header edit 0 of {member}")
+
+
+def test_cli_npz_data_and_a_huge_declared_shape(tmp_path, cli):
+    y = np.arange(40) % 4
+    seed = npz_bytes(True, x_train=_tiny_images(40), y_train=y)
+    path, out = tmp_path / "data.npz", tmp_path / "run"
+    inputs = [*mutants(seed, 4, 23, zip_hot(seed)), ("huge x_train", _huge(seed, "x_train.npy"))]
+    for label, data in inputs:
+        path.write_bytes(data)
+        args = ["train", "--data", f"npz:{path}", "--out", out, "--set", "train.epochs=1"]
+        refused_or_ran(cli, tmp_path, f"npz, {label}", *args, "--set", "train.progress=false")
+        assert not out.exists() or (out / "summary.json").is_file(), label
+    path.write_bytes(_huge(seed, "x_train.npy"))
+    _, (line,) = cli("train", "--data", f"npz:{path}", "--out", out)
+    assert "declare 2861.0 GB, more than the" in line
+
+
+def test_cli_cifar_data_dir_with_a_huge_declared_shape(tmp_path, cli):
+    y = np.arange(50) % 10
+    seed = npz_bytes(
+        False, x_train=_tiny_images(50), y_train=y, x_test=_tiny_images(10), y_test=y[:10]
+    )
+    (tmp_path / "cifar10.npz").write_bytes(_huge(seed, "x_train.npy"))
+    args = ["train", "--preset", "cifar10n-aggre", "--data-dir", tmp_path, "--out", tmp_path / "r"]
+    refused_or_ran(cli, tmp_path, "huge CIFAR", *args)
+    status, (line,) = cli(*args)
+    assert status == 2 and "cifar10.npz: its arrays declare 2861.0 GB" in line
+    assert not (tmp_path / "r").exists()

@@ -38,7 +38,7 @@ def reason(err: BaseException) -> str:
     if isinstance(err, MemoryError):
         return "it declares more data than fits in memory"
     if "Weights only load failed" in text:  # torch's refusal is paragraphs of advice
-        found = re.search(r"WeightsUnpickler error: (.*)", text)
+        found = re.search(r"WeightsUnpickler error:\s*(.*)", text)
         return _oneline(f"unreadable pickle: {found.group(1) if found else 'refused by torch'}")
     first = text.splitlines()[0] if text else ""
     return _oneline(f"{type(err).__name__}: {first}" if first else type(err).__name__)

@@ -132,7 +132,7 @@ def _load_npz(path: Path, name: str, mtime_ns: int, size: int) -> Source:
             arrays = {k: archive[k] for k in _NPZ_KEYS}
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if len(y) == 0:
+        if y.size == 0:  # size, not len: a damaged header can declare a 0-d array
             raise UserError(f"{path}: the {split} split is empty")
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
             raise UserError(

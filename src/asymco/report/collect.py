@@ -134,7 +134,9 @@ def load_run(path: Path | str) -> Run:
     for number, line in enumerate(_read_text(path / METRICS_FILE).splitlines(), start=1):
         if not line.strip():
             continue
-        with decoding(path / METRICS_FILE, "run file", f"line {number} is not JSON"):
+        with decoding(
+            path / METRICS_FILE, "run file", f"fix its line {number} or copy the run again"
+        ):
             row = json.loads(line)
         if not isinstance(row, dict):
             raise UserError(f"{path / METRICS_FILE} line {number} is not a JSON object")
@@ -186,6 +188,7 @@ def find_runs(paths: list[Path] | list[str]) -> list[Run]:
         UserError: A path does not exist or is not a directory, or no complete run was found.
     """
     runs: list[Run] = []
+    skipped: list[tuple[Path, UserError]] = []
     seen: set[Path] = set()
     for given in map(Path, paths):
         if not given.is_dir():
@@ -200,7 +203,14 @@ def find_runs(paths: list[Path] | list[str]) -> list[Run]:
             try:
                 runs.append(load_run(directory))
             except UserError as err:
-                logger.warning("skipping %s: %s", directory, err)
+                skipped.append((directory, err))
+    if not runs and skipped:  # nothing to report: the reason is the one sentence
+        more = len(skipped) - 1
+        raise UserError(
+            f"{skipped[0][1]}{f' ({more} more runs are unreadable too)' if more else ''}"
+        )
+    for directory, err in skipped:
+        logger.warning("skipping %s: %s", directory, err)
     if not runs:
         shown = ", ".join(str(p) for p in paths) or "(no paths given)"
         raise UserError(f"no complete run directory (with {', '.join(RUN_FILES)}) found in {shown}")
