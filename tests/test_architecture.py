@@ -252,14 +252,15 @@ _UNDER_API = (
 
 # The first group whose members match a module is its group.
 GROUPS: dict[str, Group] = {
-    # Leaves everyone may use: errors, the registry, atomic files, the batch type, the LR-plan
-    # grammar, durations, image ops.
+    # Leaves everyone may use: errors, the registry, atomic files, the guarded reading of
+    # untrusted files, the batch type, the LR-plan grammar, durations, image ops.
     "foundation": Group(
         (
             "asymco._clock",
             "asymco._version",
             "asymco.durations",
             "asymco.errors",
+            "asymco.untrusted",
             "asymco.registry",
             "asymco.files",
             "asymco.batch",
