@@ -176,6 +176,10 @@ def seeded(
     return [("unchanged", data), ("random bytes", noise), *mutants(data, n, seed, hot)]
 
 
+def _pickle_range(checkpoint: bytes) -> list[tuple[int, int]]:
+    return [zip_hot(checkpoint)[0]]  # torch.save writes data.pkl first
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A finished 2-epoch quickstart run: the seeds of the run files; tests copy it."""
@@ -195,7 +199,10 @@ def copy_run(run: Path, dst: Path) -> Path:
 # ---------------------------------------------------------------------------- run files
 
 
-def test_checkpoint(run, tmp_path):
+@pytest.fixture
+def resumable(run, tmp_path):
+    """A copy of the run with this process's nets and optimizer built for it, and
+    `read()`, which loads the checkpoint and restores it into them as a resume does."""
     from asymco.config_io import to_dict
     from asymco.data.prepare import prepare_data
     from asymco.engine.build import build_method, build_optimizer
@@ -215,12 +222,32 @@ def test_checkpoint(run, tmp_path):
         restore(state, method, optimizer, Dist())
 
     rng = torch.get_rng_state()  # restore() sets the global generators from the file
-    try:
-        seed = (folder / "checkpoint.pt").read_bytes()
-        inputs = [*seeded(seed, 1), *mutants(seed, _INPUTS, 1, _pickle_range(seed))]
-        fuzz("checkpoint", folder / "checkpoint.pt", inputs, read)
-    finally:
-        torch.set_rng_state(rng)
+    yield folder / "checkpoint.pt", read
+    torch.set_rng_state(rng)
+
+
+def test_checkpoint(resumable):
+    path, read = resumable
+    seed = path.read_bytes()
+    inputs = [*seeded(seed, 1), *mutants(seed, _INPUTS, 1, _pickle_range(seed))]
+    fuzz("checkpoint", path, inputs, read)
+
+
+def test_checkpoint_state_that_does_not_fit_the_nets(resumable):
+    path, read = resumable
+    state = torch.load(path, weights_only=True)
+    first = next(iter(state["method"]))
+    for change, fragment in [
+        (lambda s: s["method"].pop(first), f"missing {first}"),
+        (lambda s: s["method"].update(extra=torch.zeros(1)), "unexpected extra"),
+        (lambda s: s["method"].update({first: torch.zeros(7, 7)}), f"wrong {first} (7, 7)"),
+        (lambda s: s.update(history=[{"epoch": 5}]), "training position is unreadable"),
+    ]:
+        damaged = {**state, "method": dict(state["method"])}
+        change(damaged)
+        torch.save(damaged, path)
+        with pytest.raises(UserError, match=re.escape(fragment)):
+            read()
 
 
 def test_run_config(run, tmp_path):
@@ -422,10 +449,6 @@ def refused_or_ran(cli, folder: Path, label: str, *args: str | Path) -> None:
     assert snapshot(folder) == before, f"{label} changed a file"
 
 
-def _pickle_range(checkpoint: bytes) -> list[tuple[int, int]]:
-    return [zip_hot(checkpoint)[0]]  # torch.save writes data.pkl first
-
-
 def test_cli_resume_with_a_damaged_checkpoint(run, tmp_path, cli):
     folder = copy_run(run, tmp_path / "run")
     seed = (folder / "checkpoint.pt").read_bytes()
@@ -480,3 +503,17 @@ def test_cli_cifar_data_dir_with_a_huge_declared_shape(tmp_path, cli):
     status, (line,) = cli(*args)
     assert status == 2 and "cifar10.npz: its arrays declare 2861.0 GB" in line
     assert not (tmp_path / "r").exists()
+
+
+def test_limits_are_one_sentence(tmp_path):
+    from asymco.untrusted import available_memory, check_arrays, read_text
+
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"x" * 4096)
+    with pytest.raises(UserError, match="more than the 0 MB such a file can be"):
+        read_text(path, "run file", limit=1024)
+    np.save(tmp_path / "a.npy", np.zeros(1000, dtype=np.uint8))
+    with pytest.raises(UserError, match=r"declare 0\.0 GB, more than the 0\.0 GB"):
+        check_arrays(tmp_path / "a.npy", "array", limit=999)
+    check_arrays(tmp_path / "a.npy", "array", limit=1000)
+    assert (available_memory() or 1) > 0
