@@ -252,8 +252,9 @@ _UNDER_API = (
 
 # The first group whose members match a module is its group.
 GROUPS: dict[str, Group] = {
-    # Leaves everyone may use: errors, the registry, atomic files, the batch type, the LR-plan
-    # grammar, durations, image ops, untrusted text made safe to print and to put in a CSV.
+    # Leaves everyone may use: errors, the registry, atomic files, the guarded reading of
+    # untrusted files, the batch type, the LR-plan grammar, durations, image ops, untrusted text
+    # made safe to print and to put in a CSV.
     "foundation": Group(
         (
             "asymco._clock",
@@ -261,6 +262,7 @@ GROUPS: dict[str, Group] = {
             "asymco.durations",
             "asymco.errors",
             "asymco.text",
+            "asymco.untrusted",
             "asymco.registry",
             "asymco.files",
             "asymco.batch",

@@ -293,7 +293,7 @@ def test_missing_and_corrupt_files(tmp_path: Path):
     _assert_user_error(lambda: load_cifarn_labels(missing), str(missing), "does not exist")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"definitely not a pickle")
-    _assert_user_error(lambda: load_cifarn_labels(garbage), str(garbage), "could not be read")
+    _assert_user_error(lambda: load_cifarn_labels(garbage), str(garbage), "cannot read")
     good = _save_pt(tmp_path / "good.pt", _cifar10_arrays(n=100))
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:300])

@@ -368,7 +368,7 @@ def test_human_noise_labels_file_missing_or_corrupt(refused, tiny_cifar10):
     base = ["train", "--preset", "cifar10n-aggre", "--data-dir", tiny_cifar10]
     assert "does not exist" in refused(*base, "--set", "noise.labels_file=/no/such/file.pt")
     (tiny_cifar10 / "junk.pt").write_bytes(b"\x80\x04 not a pickle at all")
-    assert "could not be read" in refused(
+    assert "cannot read CIFAR-N label file" in refused(
         *base, "--set", f"noise.labels_file={tiny_cifar10 / 'junk.pt'}"
     )
     assert "label set" in refused(*base, "--set", "noise.label_set=nonsense")

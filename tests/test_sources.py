@@ -197,7 +197,7 @@ def test_unreadable_npz_raises_user_error(tmp_path, write):
         load_source("cifar100", root=str(path), download=False)
 
     assert str(path) in str(err.value)
-    assert "not a readable .npz" in str(err.value)
+    assert "cannot read the .npz archive" in str(err.value)
 
 
 def test_npz_with_an_empty_split_gives_user_error(tmp_path):

@@ -17,6 +17,7 @@ import numpy as np
 from asymco.errors import UserError
 from asymco.files import write_text_atomic
 from asymco.text import csv_cell, csv_value
+from asymco.untrusted import TABLE_LIMIT, decoding, read_text
 
 COLUMNS = (
     "index",
@@ -146,8 +147,9 @@ def read_label_issues(path: Path) -> list[dict[str, str]]:
     class names as the run was given them (`TEXT_COLUMNS`)."""
     if not path.is_file():
         raise UserError(f"{path} does not exist; is this an asymco run directory?")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    text = read_text(path, "the label table", TABLE_LIMIT)
+    with decoding(path, "the label table", "is it the label_issues.csv a run wrote?"):
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     missing = set(COLUMNS) - set(OPTIONAL_COLUMNS) - set(rows[0] if rows else COLUMNS)
     if missing:
         raise UserError(f"{path} lacks the columns {sorted(missing)}")

@@ -78,13 +78,14 @@ def _survey(cfg: RunConfig) -> tuple[int, int, int]:
 def _sides(paths: np.ndarray) -> list[int]:
     """The shorter side of each image of `paths` whose header can be read."""
     from asymco.data.encoded import open_image
+    from asymco.untrusted import decoding
 
     sides = []
     for path in paths:
-        try:
-            with open_image(path) as img:  # reads the header only
+        try:  # unreadable images are left out later (data.on_bad_image); here they are skipped
+            with decoding(path, "image"), open_image(path) as img:  # reads the header only
                 sides.append(min(img.size))
-        except OSError:
+        except UserError:
             continue
     return sides
 
@@ -92,12 +93,13 @@ def _sides(paths: np.ndarray) -> list[int]:
 def _check_any_opens(paths: np.ndarray) -> None:
     """Refuse data of which no image opens, in one sentence, before the defaults are printed."""
     from asymco.data.encoded import open_image
+    from asymco.untrusted import decoding
 
     for path in paths:
         try:
-            with open_image(path):
+            with decoding(path, "image"), open_image(path):
                 return
-        except OSError:
+        except UserError:
             continue
     if len(paths):
         raise UserError(

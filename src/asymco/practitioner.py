@@ -10,7 +10,6 @@ can be resumed; everything else is what `asymco train --data ...` does.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,8 +19,9 @@ import torch
 
 from asymco import api
 from asymco.data.arrays import as_uint8_images
-from asymco.label_issues import COLUMNS
+from asymco.label_issues import COLUMNS, read_label_issues
 from asymco.text import csv_value
+from asymco.untrusted import decoding
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,11 @@ _FLOAT_COLUMNS = ("label_score", "given_label_prob", "predicted_label_prob", "se
 
 
 def _read_table(path: Path) -> dict[str, np.ndarray]:
-    with path.open(newline="") as f:
-        rows = sorted(csv.DictReader(f), key=lambda r: int(r["index"]))
+    with decoding(path, "the label table", "train again into a new directory"):
+        return _table(sorted(read_label_issues(path), key=lambda r: int(r["index"])))
+
+
+def _table(rows: list[dict[str, str]]) -> dict[str, np.ndarray]:
     table: dict[str, np.ndarray] = {}
     for column in COLUMNS:
         values = [r[column] for r in rows]

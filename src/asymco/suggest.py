@@ -72,10 +72,7 @@ class Suspect:
 
 def read_suspects(path: Path) -> list[Suspect]:
     """The rows of `label_issues.csv`, most suspect first; a damaged file is one `UserError`."""
-    try:
-        rows = read_label_issues(path)
-    except (csv.Error, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not a readable CSV file ({err})") from None
+    rows = read_label_issues(path)
     if not rows:
         raise UserError(f"{path} holds no rows; the run wrote no label table")
     suspects = []

@@ -278,11 +278,16 @@ def _log_file(cell: Cell, root: Path) -> Path:
 
 
 def _log_summary(run_dir: Path) -> None:
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        logger.info(api.describe_run(summary, run_dir))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        logger.warning("cannot read %s (%s)", run_dir / "summary.json", err)
+    from asymco.untrusted import TEXT_LIMIT, decoding, read_text
+
+    path = run_dir / "summary.json"
+    try:  # a line of the log: a damaged summary is a warning, and the sweep goes on
+        with decoding(path, "run file"):
+            line = api.describe_run(json.loads(read_text(path, "run file", TEXT_LIMIT)), run_dir)
+    except UserError as err:
+        logger.warning("%s", err)
+    else:
+        logger.info(line)
 
 
 def _stop(procs: list[BaseProcess]) -> None:

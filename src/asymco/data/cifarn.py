@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from asymco.errors import UserError
+from asymco.untrusted import check_arrays, decoding
 
 NUM_TRAIN = 50_000
 """Training-set size of CIFAR-10 and CIFAR-100: every CIFAR-N array has this length."""
@@ -258,29 +259,28 @@ def _numpy_allowed() -> Iterator[None]:
         yield
 
 
+_WHAT = "CIFAR-N label file"
+_FIX = "download CIFAR-10_human.pt / CIFAR-100_human.pt again or use an .npz"
+
+
 def _load_torch(path: Path) -> Any:
-    try:
-        with _numpy_allowed(), warnings.catch_warnings():
-            # Junk bytes can look like a newer pickle protocol; torch then warns before it fails,
-            # and the failure below is the one sentence the user gets.
-            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+    with decoding(path, _WHAT, _FIX), _numpy_allowed(), warnings.catch_warnings():
+        # Junk bytes can look like a newer pickle protocol; torch then warns before it fails,
+        # and the failure is the one sentence the user gets.
+        warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+        try:
             return torch.load(path, weights_only=True, map_location="cpu")
-    # Corrupt bytes can make the unpickler fail in any way (IndexError, KeyError, ...).
-    except Exception as err:
-        text = str(err)
-        if "Weights only load failed" in text and (
-            found := re.search(r"GLOBAL ([\w.]+)|build .*?got <class '([\w.]+)'>", text)
-        ):
-            raise UserError(
-                f"refused to load CIFAR-N label file {path}: unpickling it would need "
-                f"{found.group(1) or found.group(2)}, not just numpy arrays, so it may run code; "
-                "use the official CIFAR-10_human.pt / CIFAR-100_human.pt or an .npz"
-            ) from None
-        raise UserError(
-            f"CIFAR-N label file {path} could not be read (corrupt, or not a torch.save'd dict "
-            "of numpy arrays); download CIFAR-10_human.pt / CIFAR-100_human.pt again or use an "
-            ".npz"
-        ) from None
+        except Exception as err:
+            text = str(err)
+            if "Weights only load failed" in text and (
+                found := re.search(r"GLOBAL ([\w.]+)|build .*?got <class '([\w.]+)'>", text)
+            ):
+                raise UserError(
+                    f"refused to load CIFAR-N label file {path}: unpickling it would need "
+                    f"{found.group(1) or found.group(2)}, not just numpy arrays, so it may run "
+                    "code; use the official CIFAR-10_human.pt / CIFAR-100_human.pt or an .npz"
+                ) from None
+            raise
 
 
 def _is_npz(path: Path) -> bool:
@@ -294,22 +294,18 @@ def _is_npz(path: Path) -> bool:
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except ValueError as err:
-        if "allow_pickle" in str(err):  # an object array: pickled Python objects inside
-            raise UserError(
-                f"refused to load CIFAR-N label file {path}: it holds pickled objects, not just "
-                "integer arrays; save the labels as integer arrays"
-            ) from None
-        raise UserError(
-            f"CIFAR-N label file {path} is a corrupt .npz ({err}); write or download it again"
-        ) from None
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
-        raise UserError(
-            f"CIFAR-N label file {path} is a corrupt .npz ({err}); write or download it again"
-        ) from None
+    check_arrays(path, _WHAT, _FIX)  # declared sizes, before allocating
+    with decoding(path, _WHAT, "write or download it again"):
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+        except ValueError as err:
+            if "allow_pickle" in str(err):  # an object array: pickled Python objects inside
+                raise UserError(
+                    f"refused to load CIFAR-N label file {path}: it holds pickled objects, not "
+                    "just integer arrays; save the labels as integer arrays"
+                ) from None
+            raise
 
 
 # --- checking ------------------------------------------------------------------------------

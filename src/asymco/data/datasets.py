@@ -30,6 +30,7 @@ from asymco.data.layouts import (
 from asymco.data.sources import Source, default_root, load_source
 from asymco.data.tables import TABLE_DATASETS, as_arrays, table_splits
 from asymco.errors import UserError
+from asymco.untrusted import check_arrays, decoding
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +246,15 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"{path} does not exist or is not a file; check the .npz path")
     if not zipfile.is_zipfile(path):
         raise UserError(f"{path} is not an .npz archive; save the arrays with numpy.savez")
+    check_arrays(path, "the .npz archive", _NPZ_FIX)  # declared sizes, before allocating
+    with decoding(path, "the .npz archive", _NPZ_FIX):
+        return _npz_arrays(path)
+
+
+_NPZ_FIX = "save the arrays again with numpy.savez"
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {k: archive[k] for k in archive.files}
@@ -254,9 +264,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                 f"{path} holds object arrays (pickled Python objects), which are not loaded; "
                 "save numeric arrays and a string array of class_names"
             ) from None
-        raise UserError(f"{path} is a corrupt .npz archive ({err})") from None
-    except (OSError, zipfile.BadZipFile, EOFError, AttributeError) as err:
-        raise UserError(f"{path} is a corrupt .npz archive ({err})") from None
+        raise
 
 
 def _own_images(path: Path, arrays: dict[str, np.ndarray], key: str) -> np.ndarray:

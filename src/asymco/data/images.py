@@ -14,11 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from asymco.config import DataConfig
 from asymco.data.datasets import FILE_DATASETS, load_dataset
 from asymco.errors import UserError
+from asymco.untrusted import decoding
 
 
 def array_image(pixels: np.ndarray) -> Image.Image:
@@ -33,17 +34,14 @@ def open_file_image(path: str) -> Image.Image:
             "label_issues.csv names no image file for a sample of this image-file run; "
             "is the file damaged?"
         )
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)
-            image.load()
-    except FileNotFoundError:
+    if not Path(path).is_file():
         raise UserError(
             f"the training image {path} is gone; the gallery shows the run's images from "
             "where it was trained"
-        ) from None
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise UserError(f"cannot read the training image {path} ({err})") from None
+        )
+    with decoding(path, "the training image"), Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)
+        image.load()
     return image
 
 

@@ -8,6 +8,7 @@ decodes an image; `folders.py` does that.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ import numpy as np
 from asymco.data.encoded import image_refs
 from asymco.errors import UserError
 from asymco.text import printable
+from asymco.untrusted import TABLE_LIMIT, decoding, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 """torchvision's IMG_EXTENSIONS, matched case-insensitively."""
 _SHOW = 5  # how many offending paths a message names
 MAX_CLASSES = 100_000
+_UTF8 = "save it as UTF-8 CSV"
 """Integer class ids must lie below this; a larger id is a mistake (the class list would be
 that long), not a dataset."""
 
@@ -277,16 +280,10 @@ def _csv_rows(csv_file: Path) -> tuple[list[list[str]], int, int]:
     """The non-empty data rows of a `path,label` CSV and the two columns' positions."""
     if not csv_file.is_file():
         raise UserError(f"CSV file {csv_file} does not exist; check the path")
-    try:
-        with open(csv_file, newline="", encoding="utf-8-sig") as f:  # -sig: Excel writes a BOM
-            rows = list(csv.reader(f))
-    except UnicodeDecodeError as err:
-        raise UserError(
-            f"CSV file {csv_file} is not UTF-8 text ({err.reason} at byte {err.start}); "
-            "save it as UTF-8 CSV"
-        ) from None
-    except csv.Error as err:
-        raise UserError(f"CSV file {csv_file} is not a readable CSV ({err})") from None
+    # -sig: Excel writes a byte-order mark
+    text = read_text(csv_file, "CSV file", TABLE_LIMIT, encoding="utf-8-sig", fix=_UTF8)
+    with decoding(csv_file, "CSV file", _UTF8):
+        rows = list(csv.reader(io.StringIO(text, newline="")))
     if not rows:
         raise UserError(
             f"CSV file {csv_file} is empty; give a header path,label and one row per image"

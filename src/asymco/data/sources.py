@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from asymco.errors import UserError
 from asymco.text import printable
+from asymco.untrusted import check_arrays, decoding
 
 logger = logging.getLogger(__name__)
 
@@ -124,13 +124,15 @@ def load_npz(path: Path, name: str) -> Source:
     try:
         stat = path.stat()
     except OSError as err:
-        raise UserError(f"{path} is not a readable .npz archive ({err.strerror})") from None
+        raise UserError(f"cannot read the .npz archive {path} ({err.strerror})") from None
     return _load_npz(path, name, stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=1)
 def _load_npz(path: Path, name: str, mtime_ns: int, size: int) -> Source:
-    try:
+    fix = "download or write it again"
+    check_arrays(path, "the .npz archive", fix)  # declared sizes, before allocating
+    with decoding(path, "the .npz archive", fix):
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy under an .npz name
             raise UserError(f"{path} holds a single array, not an .npz archive of named arrays")
@@ -139,13 +141,9 @@ def _load_npz(path: Path, name: str, mtime_ns: int, size: int) -> Source:
             if missing:
                 raise UserError(f"{path} lacks the arrays {', '.join(missing)}")
             arrays = {k: archive[k] for k in _NPZ_KEYS}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        if isinstance(err, UserError):
-            raise
-        raise UserError(f"{path} is not a readable .npz archive ({err})") from None
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if len(y) == 0:
+        if y.size == 0:  # size, not len: a damaged header can declare a 0-d array
             raise UserError(f"{path}: the {split} split is empty")
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
             raise UserError(

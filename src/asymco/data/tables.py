@@ -32,6 +32,7 @@ from asymco.data.encoded import ImageBlob, open_image
 from asymco.data.layouts import MAX_CLASSES, FolderSplit, check_split
 from asymco.data.sources import Source
 from asymco.errors import UserError
+from asymco.untrusted import decoding
 
 TABLE_DATASETS = ("hf", "parquet")
 IMAGE_COLUMNS = ("image", "img", "images", "picture", "photo", "image_bytes", "image_path",
@@ -292,13 +293,13 @@ def _by_workers(source: Source, data: DataConfig) -> Source:
 
 
 def _size(ref: ImageBlob) -> tuple[int, int]:
-    with open_image(ref) as img:
+    with decoding(ref, "image"), open_image(ref) as img:
         return img.size
 
 
 def _decode(refs: np.ndarray) -> np.ndarray:
     images = []
     for ref in refs:
-        with open_image(ref) as img:
+        with decoding(ref, "image"), open_image(ref) as img:
             images.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
     return np.stack(images)

@@ -11,7 +11,6 @@ import logging
 import pickle
 import shutil
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from asymco.engine.distributed import Dist
 from asymco.engine.seeding import rng_state, set_rng_state
 from asymco.errors import UserError
 from asymco.files import torch_bytes, write_atomic
+from asymco.untrusted import decoding
 
 logger = logging.getLogger(__name__)
 FORMAT = 2  # 2: per-rank RNG states, mid-epoch position, no loader RNG
@@ -38,6 +38,8 @@ REQUIRED = {
     "config",
     "num_samples",
 }
+_PLAIN = (str, int, float, bool, type(None))  # what metrics.jsonl rows hold
+_FIX = "resume from a good copy, or train again into a new --out"
 
 
 @dataclass
@@ -92,39 +94,72 @@ def remove_partial_writes(path: Path) -> None:
 
 
 def load_checkpoint(path: Path, *, num_samples: int, config: dict) -> dict:
-    """Load a checkpoint safely and refuse one that does not belong to this run."""
+    """Load a checkpoint safely and refuse one that does not belong to this run; any damage is
+    one sentence (a damaged pickle can fail with any exception, or load as something else)."""
     if not path.is_file():
         raise UserError(f"there is no checkpoint to resume from at {path}")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "GLOBAL" in str(err).upper():  # a class or function: unpickling would call it
-            raise UserError(
-                f"checkpoint {path} holds objects other than tensors and plain values; it is "
-                "refused because loading it could run code"
-            ) from None
-        raise UserError(f"checkpoint {path} is corrupt or truncated (unreadable pickle)") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({_first_line(err)})") from None
+    with decoding(path, "checkpoint", _FIX):
+        state = _unpickled(path)
+        _check_belongs(state, path, num_samples, config)
+        _check_position(state, path)
+    state["loaded_from"] = str(path)  # for `restore`'s sentences
+    return state
+
+
+def _unpickled(path: Path) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if "GLOBAL" in str(err).upper():  # a class or function: unpickling would call it
+                raise UserError(
+                    f"checkpoint {path} holds objects other than tensors and plain values; it "
+                    "is refused because loading it could run code"
+                ) from None
+            raise
+
+
+def _check_belongs(state: Any, path: Path, num_samples: int, config: dict) -> None:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not an asymco checkpoint of format {FORMAT}")
     missing = sorted(REQUIRED - state.keys())
     if missing:
         raise UserError(f"checkpoint {path} is incomplete (it lacks {', '.join(missing)})")
-    if state.get("num_samples") != num_samples:
+    if type(state["num_samples"]) is not int or state["num_samples"] != num_samples:
         raise UserError(
-            f"checkpoint {path} was written for {state.get('num_samples')} training samples, "
+            f"checkpoint {path} was written for {state['num_samples']!r} training samples, "
             f"this run has {num_samples}"
         )
-    saved = _by_meaning(state.get("config"))
+    saved = _by_meaning(state["config"])
     if saved != config:
         diff = _differences(saved if isinstance(saved, dict) else {}, config)
         raise UserError(
             f"checkpoint {path} was written with another configuration ({'; '.join(diff[:5])})"
         )
-    return state
+
+
+def _check_position(state: dict, path: Path) -> None:
+    """The position's values have the types training uses (a damaged pickle can load as
+    other values, which would fail only later, mid-training)."""
+    history, step, world = state["history"], state["step"], state["world_size"]
+    rows_ok = isinstance(history, list) and all(
+        isinstance(row, dict)
+        and row.get("epoch") == i
+        and all(type(row.get(k)) in (int, float) for k in ("test_acc", "epoch_seconds"))
+        and all(isinstance(k, str) and type(v) in _PLAIN for k, v in row.items())
+        for i, row in enumerate(history)
+    )
+    sums_ok = isinstance(state["sums"], list) and all(
+        isinstance(s, dict) and all(isinstance(v, (Tensor, int, float)) for v in s.values())
+        for s in state["sums"]
+    )
+    counts_ok = type(step) is int and step >= 0 and type(world) is int and world >= 1
+    rng_ok = isinstance(state["rng"], list) and len(state["rng"]) >= 1
+    if not (rows_ok and sums_ok and counts_ok and rng_ok) or (step and len(state["sums"]) < world):
+        raise UserError(
+            f"checkpoint {path} is damaged (its training position is unreadable); {_FIX}"
+        )
 
 
 def _by_meaning(config: Any) -> Any:
@@ -134,10 +169,6 @@ def _by_meaning(config: Any) -> Any:
         return to_dict(from_dict(config))
     except UserError:
         return config
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -154,8 +185,10 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 def restore(
     state: dict, method: nn.Module, optimizer: torch.optim.Optimizer, dist: Dist
 ) -> Position:
-    """Load a checkpoint's state into this process; where training stands."""
+    """Load a checkpoint's state into this process; where training stands. State that does
+    not fit this run's networks or optimizer is one sentence naming what does not fit."""
     step, writers = state["step"], state["world_size"]
+    path = state.get("loaded_from", "of this run")
     if writers != dist.world:
         if step:
             raise UserError(
@@ -169,12 +202,62 @@ def restore(
                 writers,
                 dist.world,
             )
-    method.load_state_dict(state["method"])
-    optimizer.load_state_dict(state["optimizer"])
-    rngs = state["rng"]
-    set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
+    with decoding(path, "checkpoint", _FIX):
+        _check_fits(state["method"], method.state_dict(), path, "networks")
+        _check_optimizer(state["optimizer"], optimizer, path)
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        rngs = state["rng"]
+        set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
     sums = state["sums"][dist.rank] if step else {}  # mid-epoch: same world size (above)
     return Position(list(state["history"]), step, dict(sums))
+
+
+def _check_fits(saved: Any, expected: dict, path: str, what: str) -> None:
+    """One sentence naming the keys of `saved` missing, unexpected or of another shape."""
+    if not isinstance(saved, dict):
+        raise UserError(f"checkpoint {path} holds no state for this run's {what}; {_FIX}")
+    missing = [k for k in expected if k not in saved]
+    unexpected = [str(k) for k in saved if k not in expected]
+    wrong = [
+        f"{k} {tuple(getattr(saved[k], 'shape', ()))} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in saved and isinstance(v, Tensor) and getattr(saved[k], "shape", None) != v.shape
+    ]
+    problems = [
+        f"{label} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong", wrong))
+        if keys
+    ]
+    if problems:
+        raise UserError(
+            f"checkpoint {path} does not fit this run's {what} ({'; '.join(problems)}); {_FIX}"
+        )
+
+
+def _check_optimizer(saved: Any, optimizer: torch.optim.Optimizer, path: str) -> None:
+    """The optimizer state's tensors (momentum) have their parameters' shapes; torch checks
+    only the group sizes, and a wrong shape would fail at the first step."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        raise UserError(f"checkpoint {path} holds no optimizer state for this run; {_FIX}")
+    ids = [i for group in saved.get("param_groups", []) for i in group["params"]]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(ids) != len(params):
+        raise UserError(f"checkpoint {path} does not fit this run's optimizer; {_FIX}")
+    shapes = {i: p.shape for i, p in zip(ids, params, strict=True)}
+    expected = {
+        f"{i}.{name}": torch.empty(shapes.get(i, (0,)), device="meta")
+        for i, entry in saved["state"].items()
+        for name, value in entry.items()
+        if isinstance(value, Tensor) and value.ndim
+    }
+    found = {
+        f"{i}.{name}": value
+        for i, entry in saved["state"].items()
+        for name, value in entry.items()
+        if isinstance(value, Tensor) and value.ndim
+    }
+    _check_fits(found, expected, path, "optimizer")
 
 
 def check_free_space(path: Path, method: nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -54,10 +54,11 @@ class RunDir:
         write_text_atomic(self.config_file, yaml.safe_dump(config, sort_keys=False))
 
     def read_config(self) -> dict:
-        try:
-            return yaml.safe_load(self.config_file.read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"cannot read {self.config_file} ({err})") from None
+        from asymco.untrusted import TEXT_LIMIT, decoding, read_text
+
+        text = read_text(self.config_file, "the run configuration", TEXT_LIMIT)
+        with decoding(self.config_file, "the run configuration", "fix or restore config.yaml"):
+            return yaml.safe_load(text)
 
     def write_array(self, name: str, array: np.ndarray) -> None:
         buffer = io.BytesIO()

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from asymco.errors import UserError
+from asymco.untrusted import decoding
 
 
 def read_state_dict(path: Path, *, what: str, fix: str) -> Mapping[str, Any]:
@@ -38,22 +39,11 @@ def read_state_dict(path: Path, *, what: str, fix: str) -> Mapping[str, Any]:
             raise UserError(
                 f"reading {path} needs the safetensors package: pip install safetensors"
             ) from None
-        try:
+        with decoding(path, f"{what} weights file", fix):  # a header or size it refuses
             return load_file(str(path), device="cpu")
-        except Exception as err:  # a header or size the format refuses
-            raise UserError(
-                f"{what} weights file {path} could not be read as a safetensors file "
-                f"({describe(err, corrupt=False)}); {fix}"
-            ) from None
-    try:
+    with decoding(path, f"{what} weights file", fix):
         # weights_only: a weights file from elsewhere must not be able to run code.
         return torch.load(path, weights_only=True, map_location="cpu")
-    # Corrupt bytes can make the unpickler fail in any way (IndexError, KeyError, ...).
-    except Exception as err:
-        raise UserError(
-            f"{what} weights file {path} could not be read as a PyTorch state_dict "
-            f"({describe(err)}); {fix}"
-        ) from None
 
 
 def load_matching(

@@ -17,6 +17,7 @@ import yaml
 
 from asymco.errors import UserError
 from asymco.text import printable
+from asymco.untrusted import TEXT_LIMIT, decoding, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +102,7 @@ def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
+    return read_text(path, "run file", TEXT_LIMIT)
 
 
 def load_run(path: Path | str) -> Run:
@@ -129,29 +127,25 @@ def load_run(path: Path | str) -> Run:
             f"{path} is not a complete run directory: missing {', '.join(missing)} "
             "(a run still training has no summary.json yet)"
         )
-    try:
+    with decoding(path / CONFIG_FILE, "run file", "copy the run again"):
         config = yaml.safe_load(_read_text(path / CONFIG_FILE))
-    except yaml.YAMLError as err:
-        raise UserError(f"{path / CONFIG_FILE} is not valid YAML: {err}") from None
     if not isinstance(config, dict):
         raise UserError(f"{path / CONFIG_FILE} does not hold a mapping of settings")
     metrics: list[dict[str, Any]] = []
     for number, line in enumerate(_read_text(path / METRICS_FILE).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
+        with decoding(
+            path / METRICS_FILE, "run file", f"fix its line {number} or copy the run again"
+        ):
             row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path / METRICS_FILE} line {number} is not JSON: {err}") from None
         if not isinstance(row, dict):
             raise UserError(f"{path / METRICS_FILE} line {number} is not a JSON object")
         metrics.append(row)
     if not metrics:
         raise UserError(f"{path / METRICS_FILE} holds no epochs")
-    try:
+    with decoding(path / SUMMARY_FILE, "run file", "copy the run again"):
         summary = json.loads(_read_text(path / SUMMARY_FILE))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path / SUMMARY_FILE} is not JSON: {err}") from None
     if not isinstance(summary, dict) or not isinstance(
         summary.get("test_acc_last10_mean"), (int, float)
     ):
@@ -195,6 +189,7 @@ def find_runs(paths: list[Path] | list[str]) -> list[Run]:
         UserError: A path does not exist or is not a directory, or no complete run was found.
     """
     runs: list[Run] = []
+    skipped: list[tuple[Path, UserError]] = []
     seen: set[Path] = set()
     for given in map(Path, paths):
         if not given.is_dir():
@@ -209,7 +204,14 @@ def find_runs(paths: list[Path] | list[str]) -> list[Run]:
             try:
                 runs.append(load_run(directory))
             except UserError as err:
-                logger.warning("skipping %s: %s", printable(directory), err)
+                skipped.append((directory, err))
+    if not runs and skipped:  # nothing to report: the reason is the one sentence
+        more = len(skipped) - 1
+        raise UserError(
+            f"{skipped[0][1]}{f' ({more} more runs are unreadable too)' if more else ''}"
+        )
+    for directory, err in skipped:
+        logger.warning("skipping %s: %s", printable(directory), err)
     if not runs:
         shown = ", ".join(str(p) for p in paths) or "(no paths given)"
         raise UserError(f"no complete run directory (with {', '.join(RUN_FILES)}) found in {shown}")
