@@ -91,7 +91,7 @@ def test_a_checkpoint_written_before_the_move_matches_its_run(tmp_path):
         get_preset("quickstart"), method=ACTSettings(ntm_lr_mode="separate_cosine")
     )
     path = tmp_path / "checkpoint.pt"
-    state = {"method": {}, "optimizer": {}, "rng": [], "world_size": 1, "history": [],
+    state = {"method": {}, "optimizer": {}, "rng": [{}], "world_size": 1, "history": [],
              "step": 0, "sums": [{}], "num_samples": 7}
     save_checkpoint(path, **state, config=_written_before_the_move(cfg))
     assert load_checkpoint(path, num_samples=7, config=to_dict(cfg))["num_samples"] == 7

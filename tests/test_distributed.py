@@ -201,8 +201,10 @@ def test_mid_epoch_checkpoint_refuses_another_process_count(tmp_path):
     api.train(cfg, out_dir=tmp_path)
     path = tmp_path / "checkpoint.pt"
     state = torch.load(path, weights_only=True)
-    state.update(step=5, world_size=2, history=[])
+    # As two processes write it mid-epoch: each rank's running figures and RNG states.
+    state.update(step=5, world_size=2, history=[], sums=state["sums"] * 2, rng=state["rng"] * 2)
     torch.save(state, path)
+    (tmp_path / "summary.json").unlink()  # killed mid-epoch: no summary yet
     assert load_checkpoint(path, num_samples=1437, config=state["config"])["step"] == 5
     with pytest.raises(UserError, match=r"middle of an epoch by 2 process\(es\); resume it "
                                         r"with 2 \(torchrun --nproc-per-node 2\)"):
