@@ -127,13 +127,15 @@ def test_resume_refuses_another_config(tmp_path):
     cfg = _short_config()
     api.train(api.resolve_config("quickstart", ["train.epochs=1", "train.progress=false"]),
               out_dir=tmp_path)
-    with pytest.raises(api.UserError, match="another configuration"):
+    (tmp_path / "summary.json").unlink()  # as if killed at its very end: a run to continue
+    with pytest.raises(api.UserError, match="this command differs from the run saved in"):
         api.train(cfg, out_dir=tmp_path, resume=True)
 
 
 def test_truncated_checkpoint_is_refused(tmp_path):
     cfg = api.resolve_config("quickstart", ["train.epochs=1", "train.progress=false"])
     api.train(cfg, out_dir=tmp_path)
+    (tmp_path / "summary.json").unlink()  # as if killed at its very end: a run to continue
     ckpt = tmp_path / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     with pytest.raises(api.UserError, match="corrupt or truncated"):

@@ -263,7 +263,8 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes_exactly(alone: Pa
     assert len(left["history"]) == 2 and 5 < left["step"] < 23  # where it stopped, not step 5
     lines = err.strip().splitlines()
     assert lines[-1] == (f"asymco: stopped by SIGTERM in epoch 3 after step {left['step']}; "
-                         f"checkpoint saved; continue with --resume --out {out}")
+                         f"checkpoint saved; run the same command with --resume --out {out} "
+                         "to continue")
     run(out, 1, resume=True)
     assert_same_run(out, alone)
 
