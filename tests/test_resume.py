@@ -1,8 +1,8 @@
 """Runs that crash: SIGKILL in the middle of an epoch, then the same command with `--resume`,
 must end exactly where an uninterrupted run ends, for one process and for a 2-process torchrun
-(gloo) run; so must a run killed before its first checkpoint, and a torchrun run whose rank 0 dies
-under `--max-restarts`. Two runs started on one `--out` leave one run and one refusal. Also the
-2-process run itself: identical per-sample state on both ranks, every sample once per epoch, and
+(gloo) run (the requeue pattern: kill every process, run the same command again); so must a run
+killed before its first checkpoint. Two runs started on one `--out` leave one run and one
+refusal. Also the 2-process run itself: identical per-sample state on both ranks, every sample once per epoch, and
 accuracy in line with one process.
 
 Every run here is a real `asymco train` process on the quickstart data (scikit-learn digits),
@@ -43,13 +43,13 @@ ACCURACY_KEYS = ("test_acc_last10_mean", "test_acc_last10_std", "test_acc_best",
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def command(out: Path, processes: int, *, resume: bool = False, restarts: int = 0) -> list[str]:
+def command(out: Path, processes: int, *, resume: bool = False) -> list[str]:
     """The run's command; with `resume`, the same command plus --resume, as a scheduler's
-    requeue (or torchrun's `--max-restarts`) runs it again."""
+    requeue runs it again."""
     launcher = [sys.executable, "-m", "asymco"]
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc-per-node={processes}", f"--max-restarts={restarts}", "-m", "asymco"]
+                    f"--nproc-per-node={processes}", "-m", "asymco"]
     args = [x for s in SETTINGS for x in ("--set", s)]
     again = ["--resume"] if resume else []
     return [*launcher, "train", "--preset", "quickstart", *args, "--out", str(out), *again]
@@ -310,24 +310,3 @@ def test_two_runs_on_one_out_leave_one_run_and_one_refusal(alone: Path, runs: Pa
         first.send_signal(signal.SIGCONT)
     assert first.wait(timeout=600) == 0, first.stderr.read().decode()[-3000:]
     assert_same_run(out, alone)  # the first run's files, untouched by the second
-
-
-def test_torchrun_max_restarts_continues_with_the_same_command(pair: Path, runs: Path):
-    """`torchrun --max-restarts=1 ... --resume`: rank 0 killed in epoch 3, torchrun starts the
-    ranks again with the same command, and they end exactly where an unbroken run ends."""
-    out = runs / "restarted"
-
-    def mid_epoch_three() -> bool:
-        state = read_checkpoint(out / "checkpoint.pt")
-        return bool(state) and len(state["history"]) == 2 and state["step"] in (5, 10)
-
-    proc = start(out, 2, resume=True, restarts=1)
-    try:
-        wait_for(proc, mid_epoch_three, "the middle of epoch 3")
-        rank0 = int((out / ".asymco.lock").read_text().split()[1])
-        os.kill(rank0, signal.SIGKILL)
-        assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-3000:]
-    finally:
-        if proc.poll() is None:
-            kill_all(proc)
-    assert_same_run(out, pair)
