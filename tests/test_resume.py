@@ -2,8 +2,8 @@
 must end exactly where an uninterrupted run ends, for one process and for a 2-process torchrun
 (gloo) run (the requeue pattern: kill every process, run the same command again); so must a run
 killed before its first checkpoint. Two runs started on one `--out` leave one run and one
-refusal. Also the 2-process run itself: identical per-sample state on both ranks, every sample once per epoch, and
-accuracy in line with one process.
+refusal. Also the 2-process run itself: identical per-sample state on both ranks, every sample
+once per epoch, and accuracy in line with one process.
 
 Every run here is a real `asymco train` process on the quickstart data (scikit-learn digits),
 four short epochs with a checkpoint every 5 steps.
