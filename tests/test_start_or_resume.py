@@ -254,3 +254,13 @@ def test_disk_full_while_writing_a_report_is_one_sentence(finished, tmp_path, mo
     assert len(err) == 1 and err[0].startswith("asymco: error: No space left on device ("), err
     assert str(out) in err[0], err
     assert not [p for p in out.rglob("*") if p.is_file()]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("damage", [b'{"x": 1}', b"\xff\xfe", b"[1, 2]", b""])
+def test_a_damaged_summary_of_a_finished_run_is_one_sentence(finished, tmp_path, capsys, damage):
+    run = copy_files(finished, tmp_path / "run", ("config.yaml", "checkpoint.pt"))
+    (run / "summary.json").write_bytes(damage)
+    before = snapshot(run)
+    assert main([*COMMAND, "--out", str(run), "--resume"]) == 2
+    assert "cannot read the run's summary" in one_error(capsys)
+    assert snapshot(run) == before

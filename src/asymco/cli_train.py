@@ -64,8 +64,12 @@ def _finished(out: str | None) -> bool:
     if run_state(Path(out)) != "finished":
         return False
     if is_main_process():
+        from asymco.untrusted import decoding
+
         summary = api.read_summary(Path(out))
-        print(f"already finished, nothing rewritten: {api.describe_run(summary, Path(out))}")
+        with decoding(Path(out) / "summary.json", "the run's summary", "copy the run again"):
+            line = api.describe_run(summary, Path(out))  # a figure it lacks: one sentence
+        print(f"already finished, nothing rewritten: {line}")
     return True
 
 

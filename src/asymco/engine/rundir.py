@@ -74,11 +74,12 @@ class RunDir:
         write_text_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
 
     def read_summary(self) -> dict:
+        """A finished run's summary.json, through the guarded path every run file takes."""
+        from asymco.untrusted import TEXT_LIMIT, decoding, read_text
+
         path = self.path / "summary.json"
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise UserError(f"cannot read {path} ({err})") from None
-        if not isinstance(summary, dict):
-            raise UserError(f"cannot read {path} (it holds no mapping of figures)")
+        with decoding(path, "the run's summary", "copy the run again"):
+            summary = json.loads(read_text(path, "the run's summary", TEXT_LIMIT))
+            if not isinstance(summary, dict):
+                raise ValueError("it holds no mapping of figures")
         return summary
