@@ -242,3 +242,51 @@ def test_guard_settings_are_checked():
     with pytest.raises(UserError, match="warmup_until_agreement"):
         ACTSettings(warmup_until_agreement=-0.1)
     assert math.isclose(ACTSettings(selection_floor=0.1).selection_floor, 0.1)
+
+
+# ------------------------------------------------------------------ how far to trust the list
+
+
+def test_the_suspects_page_says_how_far_to_trust_the_list(tmp_path):
+    import json
+
+    from asymco.report.gallery import write_gallery
+    from asymco.suggest import Suspect
+
+    suspect = Suspect(0, 7, "", 1, "cat", 2, "dog", 0.1, True, 0.0, 0.1, 0.6)
+    page = tmp_path / "label_issues.html"
+    write_gallery(page, "run", [suspect], [])
+    assert "Trust:" not in page.read_text()  # no summary.json beside the page: no claim
+    trust = {"level": "low", "message": "ACT's selection collapsed <rough>"}
+    (tmp_path / "summary.json").write_text(json.dumps({"label_trust": trust}))
+    text = write_gallery(page, "run", [suspect], []).read_text()
+    assert '<p class="trust low"><b>Trust: low.</b>' in text and "&lt;rough&gt;" in text
+    (tmp_path / "summary.json").write_text("{broken")
+    assert "Trust:" not in write_gallery(page, "run", [suspect], []).read_text()
+
+
+def test_a_held_run_end_to_end_warns_and_ranks_by_the_fallback(tmp_path, caplog):
+    """Quickstart with a hold threshold no net reaches: every epoch stays warmup, the console
+    and summary.json say so, and label_issues.csv ranks by the fallback score."""
+    import csv
+    import json
+    import logging
+
+    from asymco import api
+
+    overrides = ["train.epochs=2", "train.warmup_epochs=1", "train.progress=false",
+                 "data.subset=300", "method.collapse_guard=true",
+                 "method.warmup_until_agreement=0.99"]
+    with caplog.at_level(logging.INFO):
+        api.train(api.resolve_config("quickstart", overrides), out_dir=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["warmup_held"]) for r in rows] == [("warmup", False), ("warmup", True)]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [w["kind"] for w in summary["warnings"]] == ["warmup_held"]
+    assert summary["label_trust"]["level"] == "low"
+    assert summary["collapse_guard"]["warmup_epochs_held"] == 1
+    assert "never left warmup" in caplog.text and "trust low" in caplog.text
+    with (tmp_path / "label_issues.csv").open(newline="") as f:
+        table = list(csv.DictReader(f))
+    assert all(0 < float(r["label_score"]) < 1 for r in table)
+    assert {r["selected_epochs"] for r in table} == {"0"}  # held epochs selected no one
