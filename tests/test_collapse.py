@@ -290,3 +290,21 @@ def test_a_held_run_end_to_end_warns_and_ranks_by_the_fallback(tmp_path, caplog)
         table = list(csv.DictReader(f))
     assert all(0 < float(r["label_score"]) < 1 for r in table)
     assert {r["selected_epochs"] for r in table} == {"0"}  # held epochs selected no one
+
+
+@pytest.mark.parametrize(("settings", "reported"), [(ACTSettings(), "rtm"), (guarded(), "mean")])
+def test_once_collapsed_the_guard_reports_both_nets_mean(settings, reported):
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    act = make_act(labels, settings)
+    assert act.reported_net == "rtm" and list(act.eval_nets()) == ["rtm", "ntm"]
+    force_class(act.nets["rtm"], 3)
+    force_class(act.nets["ntm"], 3)  # neither fits a label: the rule selects nobody
+    act.on_epoch_start(1, warmup=False)
+    act.training_step(make_batch(torch.arange(6), labels))
+    assert act.reported_net == reported and next(iter(act.eval_nets())) == reported
+    x = make_batch(torch.arange(2), labels[:2]).views[0]
+    probs = torch.softmax(act.predict(x), 1)
+    if reported == "mean":
+        each = [torch.softmax(act.nets[n](x), 1) for n in ("rtm", "ntm")]
+        torch.testing.assert_close(probs, (each[0] + each[1]) / 2)
+    assert not any(k.startswith("mean") for k in act.state_dict())  # no extra checkpoint keys

@@ -84,6 +84,10 @@ class ACTSettings(MethodSettings):
     warmup_until_agreement: float | None = None
     """Warmup continues past `train.warmup_epochs` while both nets fitted the given label of
     fewer than this share of the last epoch's samples. None: 0.05 with the guard, else 0."""
+    report_on_collapse: Literal["rtm", "mean"] | None = None
+    """The reported net once the selection collapsed (warmup held, or the rule chose under 5 %):
+    `mean` = both nets' averaged prediction, `rtm` = the RTM as always. None: `mean` with the
+    guard, else `rtm` (faithful)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -107,7 +111,6 @@ class ACTSettings(MethodSettings):
 
 class ACT(CollapseGuard, Method):
     Settings = ACTSettings
-    reported_net = "rtm"
     packable = True
     progress_figures = ("loss", "train_acc_rtm", "selected_share")
 
@@ -301,7 +304,8 @@ class ACT(CollapseGuard, Method):
         return figures
 
     def net_words(self, row: dict) -> list[str]:
-        return [f"ntm {row['test_acc_ntm']:.2f}%"]
+        rtm = [f"rtm {row['test_acc_rtm']:.2f}%"] if "test_acc_rtm" in row else []
+        return [*rtm, f"ntm {row['test_acc_ntm']:.2f}%"]
 
     def selection_words(self, row: dict) -> list[str]:
         words = super().selection_words(row)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from asymco.methods.collapse import (
     COLLAPSE_SHARE,
@@ -27,6 +27,7 @@ from asymco.methods.collapse import (
     floor_selection,
     hold_warmup,
 )
+from asymco.methods.dividemix import MeanPrediction
 
 if TYPE_CHECKING:
     from asymco.config import RunConfig
@@ -43,6 +44,13 @@ def guard_on(settings: ACTSettings, cfg: RunConfig) -> bool:
     if settings.collapse_guard is not None:
         return settings.collapse_guard
     return bool(cfg.train.budget) or cfg.data.dataset in OWN_DATA
+
+
+def fallback_net(settings: ACTSettings) -> str:
+    """The net reported once the selection collapsed: as set, else `mean` with the guard."""
+    if settings.report_on_collapse is not None:
+        return settings.report_on_collapse
+    return "mean" if settings.collapse_guard else "rtm"
 
 
 def guard_shares(settings: ACTSettings) -> tuple[float, float]:
@@ -115,6 +123,17 @@ class CollapseGuard:
         self.rule_selected += torch.stack([n_rule.float(), samples])
         return chosen, n_rule, n_chosen
 
+    @property
+    def reported_net(self) -> str:  # type: ignore[override]
+        """The RTM, or both nets' mean once the selection collapsed (`report_on_collapse`)."""
+        return fallback_net(self.settings) if self.collapsed() else "rtm"
+
+    def eval_nets(self) -> dict[str, nn.Module]:
+        every = dict(self.nets)  # type: ignore[attr-defined]
+        if self.reported_net == "mean":  # not a submodule: no state_dict keys of its own
+            return {"mean": MeanPrediction(list(every.values())), **every}
+        return every
+
     def collapsed(self) -> bool:
         """Whether the selection carried too little to rank labels by: warmup was held, or the
         rule chose under `COLLAPSE_SHARE` of the samples over the robust epochs."""
@@ -165,5 +184,6 @@ class CollapseGuard:
             "selection_floor": floor,
             "warmup_until_agreement": hold,
             "warmup_epochs_held": int(self.held_epochs),
+            "reported_net": self.reported_net,
         }
         return figures

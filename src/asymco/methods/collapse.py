@@ -118,7 +118,7 @@ def _degenerate_warning(row: dict, *, guard: bool) -> RunWarning:
 def _first_behind(history: Sequence[dict]) -> dict | None:
     run = 0
     for row in history:
-        rtm, ntm = row.get("test_acc"), row.get("test_acc_ntm")
+        rtm, ntm = row.get("test_acc_rtm", row.get("test_acc")), row.get("test_acc_ntm")
         if row.get("phase") != "robust" or rtm is None or ntm is None:
             run = 0
             continue
@@ -138,7 +138,8 @@ def _behind_warning(row: dict, *, guard: bool) -> RunWarning:
     return RunWarning(
         "rtm_behind_ntm",
         row["epoch"],
-        f"the robust model (test {row['test_acc']:.2f}% at epoch {row['epoch'] + 1}) has been "
+        f"the robust model (test {row.get('test_acc_rtm', row['test_acc']):.2f}% at epoch "
+        f"{row['epoch'] + 1}) has been "
         f"clearly below the plainly trained reference model ({row['test_acc_ntm']:.2f}%) for "
         f"{BEHIND_EPOCHS} epochs: ACT is doing worse than standard training here. Try {what}.",
     )
