@@ -197,6 +197,7 @@ def test_warmup_is_held_while_the_nets_agree_on_too_few_labels():
     act.on_epoch_start(1, warmup=False)  # the engine's first robust epoch
     assert act.warmup and act.train_views() == ("weak",)
     assert "agreement_share" in act.training_step(make_batch(torch.arange(6), labels))
+    assert act.reported_net == "mean"  # auto: held warmup only, both nets trained on everything
     act.set_phase(1, warmup=False)  # a resume in the middle of the held epoch
     assert act.warmup
     for net in ("rtm", "ntm"):  # now both fit every label of class 0 (half the samples)
@@ -274,9 +275,14 @@ def test_a_held_run_end_to_end_warns_and_ranks_by_the_fallback(tmp_path, caplog)
 
     from asymco import api
 
-    overrides = ["train.epochs=2", "train.warmup_epochs=1", "train.progress=false",
-                 "data.subset=300", "method.collapse_guard=true",
-                 "method.warmup_until_agreement=0.99"]
+    overrides = [
+        "train.epochs=2",
+        "train.warmup_epochs=1",
+        "train.progress=false",
+        "data.subset=300",
+        "method.collapse_guard=true",
+        "method.warmup_until_agreement=0.99",
+    ]
     with caplog.at_level(logging.INFO):
         api.train(api.resolve_config("quickstart", overrides), out_dir=tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -292,8 +298,16 @@ def test_a_held_run_end_to_end_warns_and_ranks_by_the_fallback(tmp_path, caplog)
     assert {r["selected_epochs"] for r in table} == {"0"}  # held epochs selected no one
 
 
-@pytest.mark.parametrize(("settings", "reported"), [(ACTSettings(), "rtm"), (guarded(), "mean")])
-def test_once_collapsed_the_guard_reports_both_nets_mean(settings, reported):
+@pytest.mark.parametrize(
+    ("settings", "reported"),
+    [
+        (ACTSettings(), "rtm"),
+        (guarded(), "ntm"),  # auto: the RTM learned from a degenerate selection
+        (guarded(report_on_collapse="mean"), "mean"),
+        (ACTSettings(report_on_collapse="ntm"), "ntm"),
+    ],
+)
+def test_once_collapsed_the_guard_reports_another_net(settings, reported):
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     act = make_act(labels, settings)
     assert act.reported_net == "rtm" and list(act.eval_nets()) == ["rtm", "ntm"]

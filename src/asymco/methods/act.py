@@ -84,10 +84,11 @@ class ACTSettings(MethodSettings):
     warmup_until_agreement: float | None = None
     """Warmup continues past `train.warmup_epochs` while both nets fitted the given label of
     fewer than this share of the last epoch's samples. None: 0.05 with the guard, else 0."""
-    report_on_collapse: Literal["rtm", "mean"] | None = None
+    report_on_collapse: Literal["rtm", "ntm", "mean", "auto"] | None = None
     """The reported net once the selection collapsed (warmup held, or the rule chose under 5 %):
-    `mean` = both nets' averaged prediction, `rtm` = the RTM as always. None: `mean` with the
-    guard, else `rtm` (faithful)."""
+    `rtm` as always, `ntm`, `mean` (both nets' averaged prediction), or `auto`: the mean while
+    the nets only trained on every label (held warmup), the NTM once the RTM learned from a
+    degenerate selection. None: `auto` with the guard, else `rtm` (faithful)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -46,11 +46,17 @@ def guard_on(settings: ACTSettings, cfg: RunConfig) -> bool:
     return bool(cfg.train.budget) or cfg.data.dataset in OWN_DATA
 
 
-def fallback_net(settings: ACTSettings) -> str:
-    """The net reported once the selection collapsed: as set, else `mean` with the guard."""
-    if settings.report_on_collapse is not None:
-        return settings.report_on_collapse
-    return "mean" if settings.collapse_guard else "rtm"
+def fallback_net(settings: ACTSettings, *, starved: bool) -> str:
+    """The net reported once the selection collapsed: as set, else (with the guard, `auto`)
+    both nets' mean while they only trained on every label (held warmup), the NTM once the RTM
+    learned from a degenerate selection (`starved`: a starved RTM drags a mean down); without
+    the guard, the RTM."""
+    choice = settings.report_on_collapse
+    if choice is None:
+        choice = "auto" if settings.collapse_guard else "rtm"
+    if choice == "auto":
+        return "ntm" if starved else "mean"
+    return choice
 
 
 def guard_shares(settings: ACTSettings) -> tuple[float, float]:
@@ -126,19 +132,27 @@ class CollapseGuard:
     @property
     def reported_net(self) -> str:  # type: ignore[override]
         """The RTM, or both nets' mean once the selection collapsed (`report_on_collapse`)."""
-        return fallback_net(self.settings) if self.collapsed() else "rtm"
+        if not self.collapsed():
+            return "rtm"
+        return fallback_net(self.settings, starved=self.starved())
 
     def eval_nets(self) -> dict[str, nn.Module]:
         every = dict(self.nets)  # type: ignore[attr-defined]
-        if self.reported_net == "mean":  # not a submodule: no state_dict keys of its own
+        reported = self.reported_net
+        if reported == "mean":  # not a submodule: no state_dict keys of its own
             return {"mean": MeanPrediction(list(every.values())), **every}
-        return every
+        return {reported: every[reported], **every}
+
+    def starved(self) -> bool:
+        """Whether the selection rule chose under `COLLAPSE_SHARE` of the samples over the
+        robust epochs (the RTM learned from almost nothing)."""
+        chosen, seen = self.rule_selected.tolist()
+        return seen > 0 and chosen / seen < COLLAPSE_SHARE
 
     def collapsed(self) -> bool:
         """Whether the selection carried too little to rank labels by: warmup was held, or the
-        rule chose under `COLLAPSE_SHARE` of the samples over the robust epochs."""
-        chosen, seen = self.rule_selected.tolist()
-        return int(self.held_epochs) > 0 or (seen > 0 and chosen / seen < COLLAPSE_SHARE)
+        RTM was starved."""
+        return int(self.held_epochs) > 0 or self.starved()
 
     # ------------------------------------------------------------------ what it reports
 
