@@ -220,6 +220,11 @@ class MethodSettings:
         rate. Most methods have nothing to fill."""
         return self
 
+    def for_run(self, cfg: RunConfig) -> MethodSettings:
+        """These settings with what depends on how the run is done (its data, its budget)
+        decided; the run builds its method from them. Most methods have nothing to decide."""
+        return self
+
 
 METHOD_SETTINGS = Registry("method")
 """Method name -> its `MethodSettings` subclass; `methods/__init__.py` fills it."""

@@ -52,7 +52,7 @@ def build_method(cfg: RunConfig, data: NoisyData, exe: Execution, dist: Dist) ->
         raise UserError(f"model.num_outputs={outputs} is below the {data.num_classes} classes")
     method = create_method(
         cfg.method.name,
-        cfg.method,
+        cfg.method.for_run(cfg),
         num_classes=outputs,  # the official Food code keeps q over all 200 logits
         observed_labels=torch.from_numpy(data.noisy_label),
         epochs=cfg.train.epochs,

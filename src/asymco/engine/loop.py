@@ -117,12 +117,18 @@ def train_epochs(
             )
             history.append(row)
             if dist.is_main:
-                left = _run_left(eta, history)
-                logger.info(method.describe(row, epochs) + (f" | {left}" if left else ""))
+                _log_epoch(method, history, epochs, _run_left(eta, history))
             save(Position(history))
             if epoch + 1 < epochs and stop.agreed(dist, 0, exe.device):
                 raise PreemptedError(epoch + 1, 0)
     return history
+
+
+def _log_epoch(method: Method, history: list[dict], epochs: int, left: str) -> None:
+    """The epoch's console line, then any warning its row is the first to call for."""
+    logger.info(method.describe(history[-1], epochs) + (f" | {left}" if left else ""))
+    for message in method.new_warnings(history):
+        logger.warning("warning: %s", message)
 
 
 def _run_left(eta: Callable[[list[dict]], float] | None, history: list[dict]) -> str:

@@ -49,6 +49,9 @@ def why_unpackable(cfg: RunConfig, method_class: type[Method]) -> str | None:
     t = cfg.train
     if not method_class.packable:
         return f"method {cfg.method.name} draws random numbers or data-dependent shapes per step"
+    reason = method_class.unpackable_reason(cfg.method.for_run(cfg))
+    if reason:
+        return reason
     if t.precision == "fp16":
         return "fp16's gradient scaler would skip a step for every member when one overflows"
     if t.compile:

@@ -220,4 +220,6 @@ class _PackLoop:
             )
             history.append(row)
             member.log(member.method.describe(row, self.cfg.epochs))
+            for message in member.method.new_warnings(history):
+                member.log(f"warning: {message}")
             member.files.save(Position(history))

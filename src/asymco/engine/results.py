@@ -3,6 +3,7 @@ summary.json (the final figures, the paper's number beside them, and how the run
 
 from __future__ import annotations
 
+import logging
 import platform
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from asymco.engine.precision import Execution
 from asymco.label_issues import label_quality, write_label_issues
 from asymco.methods.base import Method
 from asymco.presets import get_preset, list_presets
+
+logger = logging.getLogger(__name__)
 
 
 def save_label_issues(
@@ -59,6 +62,9 @@ def save_label_issues(
         paths=data.paths,
         sample_id=data.sample_id,
     )
+    trust = method.label_trust()
+    if trust is not None and trust["level"] != "usual":
+        logger.warning("%s: trust %s. %s", path.name, trust["level"], trust["message"])
 
 
 def summarize(
@@ -86,6 +92,8 @@ def summarize(
         "best_epoch": best,
         "test_acc_final": float(accs[-1]),
         **method.summary_figures(history, preset=cfg.preset, preset_number=cfg.paper_test_acc),
+        "warnings": method.run_warnings(history),
+        "label_trust": method.label_trust(),
         "paper_protocol": paper_protocol(cfg),
         "noise_rate_actual": (
             None if data.noise_rate_actual is None else round(data.noise_rate_actual, 6)

@@ -15,6 +15,7 @@ add a consistency loss on the strong view towards EMA pseudo-labels (CR).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -23,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asymco.config import OptimConfig
+from asymco.config import OptimConfig, RunConfig
 from asymco.errors import UserError
+from asymco.methods.act_guard import CollapseGuard, guard_on, guard_shares
 from asymco.methods.base import Batch, EpochResults, LRPlan, Method, MethodSettings
 from asymco.methods.selection import (
     confidence_penalty,
@@ -70,23 +72,46 @@ class ACTSettings(MethodSettings):
     (main_web.py). Also accepted as `optim.ntm_lr_mode`, its earlier name."""
     ntm_lr: float = 0.08
     """NTM learning rate in the separate modes (paper: 0.08); also `optim.ntm_lr`."""
+    collapse_guard: bool | None = None
+    """Avoid the selection collapse of nets still too weak to select from (docs/deviations.md,
+    "The collapse guard"): `selection_floor` and `warmup_until_agreement` default to 0.05.
+    None (auto): on for your own data and for runs with `train.budget`, off (faithful) for the
+    paper's presets."""
+    selection_floor: float | None = None
+    """Each robust batch trains the RTM on at least this share of its samples, topped up with
+    the samples whose given label both nets find most probable. None: 0.05 with the guard, else
+    0 (the faithful rule)."""
+    warmup_until_agreement: float | None = None
+    """Warmup continues past `train.warmup_epochs` while both nets fitted the given label of
+    fewer than this share of the last epoch's samples. None: 0.05 with the guard, else 0."""
+    report_on_collapse: Literal["rtm", "ntm", "mean", "auto"] | None = None
+    """The reported net once the selection collapsed (warmup held, or the rule chose under 5 %):
+    `rtm` as always, `ntm`, `mean` (both nets' averaged prediction), or `auto`: the mean while
+    the nets only trained on every label (held warmup), the NTM once the RTM learned from a
+    degenerate selection. None: `auto` with the guard, else `rtm` (faithful)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        floor, hold = self.selection_floor or 0.0, self.warmup_until_agreement or 0.0
         for ok, key, message in (
             (self.tau > 0, "tau", "must be positive"),
             (0.0 <= self.ema_momentum < 1.0, "ema_momentum", "must be in [0, 1)"),
             (0.0 <= self.cr_weight <= 1.0, "cr_weight", "must be in [0, 1]"),
             (self.conf_penalty_weight >= 0, "conf_penalty_weight", "must be >= 0"),
             (self.ntm_lr > 0, "ntm_lr", "must be positive"),
+            (0 <= floor < 1, "selection_floor", "must be in [0, 1)"),
+            (0 <= hold < 1, "warmup_until_agreement", "must be in [0, 1)"),
         ):
             if not ok:
                 raise UserError(f"method.{key} {message}")
 
+    def for_run(self, cfg: RunConfig) -> ACTSettings:
+        """The auto collapse guard decided for this run (`act_guard.guard_on`)."""
+        return dataclasses.replace(self, collapse_guard=guard_on(self, cfg))
 
-class ACT(Method):
+
+class ACT(CollapseGuard, Method):
     Settings = ACTSettings
-    reported_net = "rtm"
     packable = True
     progress_figures = ("loss", "train_acc_rtm", "selected_share")
 
@@ -105,6 +130,13 @@ class ACT(Method):
         self.register_buffer("gate_closed", torch.zeros((), dtype=torch.bool))
         self.register_buffer("epoch_hits", torch.zeros(3))  # rtm hits, ntm hits, samples
         self.register_buffer("last_epoch_hits", torch.zeros(3))
+        self.setup_guard(observed_labels)
+
+    @classmethod
+    def unpackable_reason(cls, settings: MethodSettings) -> str | None:
+        if isinstance(settings, ACTSettings) and guard_shares(settings)[1] > 0:
+            return "method.warmup_until_agreement decides each run's warmup from its own nets"
+        return None
 
     def param_groups(self, optim: OptimConfig) -> list[dict]:
         rtm, ntm = super().param_groups(optim)  # both on the run's plan: official main.py
@@ -116,11 +148,15 @@ class ACT(Method):
         return [rtm, ntm]
 
     def on_epoch_start(self, epoch: int, *, warmup: bool) -> None:
+        self.hold_this_epoch(epoch, warmup=warmup)  # reads the finished epoch's counts
         super().on_epoch_start(epoch, warmup=warmup)
         self.last_epoch_hits.copy_(self.epoch_hits)
         self.epoch_hits.zero_()
         self.is_selected.zero_()
         self.is_mined.zero_()
+
+    def set_phase(self, epoch: int, *, warmup: bool) -> None:
+        super().set_phase(epoch, warmup=warmup or bool(self.warmup_held))
 
     def train_views(self) -> tuple[str, ...]:
         return ("weak", "strong") if not self.warmup and self.settings.use_cr else ("weak",)
@@ -146,14 +182,16 @@ class ACT(Method):
         z_ntm = self.fwd["ntm"](batch.weak)  # the same weak tensor for both nets
         rtm_hits = z_rtm.argmax(1) == label
         ntm_hits = z_ntm.argmax(1) == label
-        # Hits and samples of the global batch: with several processes the memorization metric
-        # and the gate it drives must be the same on every rank.
+        self.record_given_probs(batch.index, label, z_rtm, z_ntm)
+        # Hits, samples and both-fit samples of the global batch: with several processes the
+        # memorization metric and the gates it drives must be the same on every rank.
+        n = torch.tensor(len(label), device=label.device)
+        both = (rtm_hits & ntm_hits).sum()
         counts = self.dist.global_sum(
-            torch.stack(
-                [rtm_hits.sum(), ntm_hits.sum(), torch.tensor(len(label), device=label.device)]
-            ).float()
+            torch.stack([rtm_hits.sum(), ntm_hits.sum(), n, both]).float()
         )
-        self.epoch_hits += counts
+        self.epoch_hits += counts[:3]
+        self.epoch_agreed += counts[3]
         # Losses are means over the global batch: DDP averages gradients over the W ranks, so
         # each rank's batch mean is weighted by its share (exactly 1.0 when running alone).
         share = len(label) * self.dist.world / counts[2]
@@ -161,7 +199,7 @@ class ACT(Method):
         if self.warmup:
             return self._warmup_step(index, label, z_rtm, loss_ntm, share, counts)
         hits = (rtm_hits, ntm_hits)
-        return self._robust_step(batch, z_rtm, z_strong, loss_ntm, share, counts, hits)
+        return self._robust_step(batch, (z_rtm, z_ntm), z_strong, loss_ntm, share, counts, hits)
 
     def _warmup_step(
         self,
@@ -184,12 +222,13 @@ class ACT(Method):
             "loss_ntm": loss_ntm.detach(),
             "train_acc_rtm": counts[0] / counts[2] * 100,
             "train_acc_ntm": counts[1] / counts[2] * 100,
+            "agreement_share": counts[3] / counts[2],
         }
 
     def _robust_step(
         self,
         batch: Batch,
-        z_rtm: Tensor,
+        z: tuple[Tensor, Tensor],
         z_strong: Tensor | None,
         loss_ntm: Tensor,
         share: Tensor,
@@ -197,6 +236,7 @@ class ACT(Method):
         hits: tuple[Tensor, Tensor],
     ) -> dict[str, Tensor]:
         cfg, index, label = self.settings, batch.index, batch.label
+        z_rtm = z[0]  # weak-view logits of the RTM (z[1]: the NTM's)
         rtm_hits, ntm_hits = hits  # this rank's samples; `counts` sums them over all ranks
         gap, acc_rtm = memorization_gap_of_counts(counts[0], counts[1], counts[2])
         mining = self._mining_gate(gap, acc_rtm)
@@ -208,6 +248,7 @@ class ACT(Method):
             use_ass=cfg.use_ass,
             use_asm=cfg.use_asm,
         )
+        chosen, n_rule, n_chosen = self.floor(chosen, label, z, counts[2])  # guard's top-up
         # The memory bank counts the current selection before the weights are read (A.3.4).
         self.select_count[index] += chosen.int()  # indices are unique within a batch
         self.is_selected[index] = chosen
@@ -217,7 +258,6 @@ class ACT(Method):
             if cfg.use_dsrw
             else torch.ones_like(label, dtype=torch.float)
         )
-        n_chosen = self.dist.global_sum(chosen.sum())
         # Mean over the selected samples of the global batch; a rank (or a whole batch) with none
         # gives an exact zero that still touches every RTM parameter (the official code would
         # produce NaN here). The world factor undoes DDP's averaging over ranks.
@@ -242,6 +282,8 @@ class ACT(Method):
             "mining_on": mining.float(),
             "selected_share": n_chosen.float() / counts[2],
             "empty_selection": (n_chosen == 0).float(),
+            "floor_share": (n_chosen - n_rule).float() / counts[2],
+            "agreement_share": counts[3] / counts[2],
         }
 
     # ------------------------------------------------------------------ what ACT reports
@@ -252,6 +294,7 @@ class ACT(Method):
     def epoch_figures(self, results: EpochResults, means: dict[str, float]) -> dict:
         figures = super().epoch_figures(results, means)  # test_acc_ntm
         figures.update(lr_ntm=results.lrs["ntm"], mining_fraction=means.pop("mining_on", None))
+        figures["warmup_held"] = bool(self.warmup_held)
         if results.truth_known and not self.warmup:  # how good the mined samples were
             mined = results.scores["mined"]
             figures.update(
@@ -262,12 +305,17 @@ class ACT(Method):
         return figures
 
     def net_words(self, row: dict) -> list[str]:
-        return [f"ntm {row['test_acc_ntm']:.2f}%"]
+        rtm = [f"rtm {row['test_acc_rtm']:.2f}%"] if "test_acc_rtm" in row else []
+        return [*rtm, f"ntm {row['test_acc_ntm']:.2f}%"]
 
     def selection_words(self, row: dict) -> list[str]:
         words = super().selection_words(row)
         if row["mining_fraction"] is not None:
             words.append(f"mining {100 * row['mining_fraction']:.0f}%")
+        if row.get("warmup_held"):
+            words.append(f"warmup held (nets agree on {100 * row['agreement_share']:.1f}%)")
+        if row.get("floor_share"):
+            words.append(f"floor +{100 * row['floor_share']:.1f}%")
         return words
 
     def paper_number(self, preset: str, preset_number: float | None) -> float | None:

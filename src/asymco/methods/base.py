@@ -130,6 +130,12 @@ class Method(Reporting, nn.Module):
         self.warmup = False
         self.setup(make_model, observed_labels.long())
 
+    @classmethod
+    def unpackable_reason(cls, settings: MethodSettings) -> str | None:
+        """Why runs with these settings cannot train packed although the method is `packable`
+        (a setting that makes a per-run decision outside the tensors), or None."""
+        return None
+
     def setup(self, make_model: Callable[[], nn.Module], observed_labels: Tensor) -> None:
         """Build the nets (with `add_net`) and register per-sample state buffers."""
         raise NotImplementedError
@@ -201,6 +207,11 @@ class Method(Reporting, nn.Module):
         """(N,) float in [0, 1]: the method's own judgement that each given label is correct,
         for label_issues.csv's `label_score` (a score below 0.5 marks a label issue); None to
         rank by the reported net's probability of the given label and the selection history."""
+        return None
+
+    def label_trust(self) -> dict | None:
+        """How far to trust label_issues.csv (`level`: "usual" or "low", and a `message`
+        for the console, summary.json and the suspects' page), or None for no statement."""
         return None
 
     def clean_cut(self) -> float:

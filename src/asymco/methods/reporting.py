@@ -147,6 +147,17 @@ class Reporting:
             "sel_recall_final": final.get("sel_recall"),
         }
 
+    def run_warnings(self, history: list[dict]) -> list[dict]:
+        """What the run's rows show that its user should know (`kind`, the 0-based `epoch`
+        that first showed it, a plain-words `message` saying what to do), each once; the
+        console prints each at its epoch and summary.json keeps them all (`warnings`)."""
+        return []
+
+    def new_warnings(self, history: list[dict]) -> list[str]:
+        """The messages of `run_warnings` first shown by the last row of `history`."""
+        last = history[-1]["epoch"]
+        return [w["message"] for w in self.run_warnings(history) if w["epoch"] == last]
+
     def paper_number(self, preset: str, preset_number: float | None) -> float | None:
         """The paper's test accuracy for this method on `preset` (None where it has none).
         `preset_number` is the preset's own number, which is ACT's."""

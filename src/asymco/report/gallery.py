@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 import os
 import shlex
@@ -40,6 +41,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
 h1 { font-size: 1.6rem; margin-bottom: .2rem; }
 h2 { font-size: 1.25rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; margin-top: 2rem; }
 p.note { color: #555; font-size: .9rem; max-width: 60rem; }
+p.trust { max-width: 60rem; padding: .4rem .6rem; border-left: 4px solid #2e7d32; }
+p.trust.low { border-left-color: #c0392b; background: #fdf2f0; }
 [hidden] { display: none !important; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: .8rem; }
 .card { border: 1px solid #ddd; border-radius: 4px; padding: .5rem; margin: 0; font-size: .8rem; }
@@ -181,13 +184,20 @@ def _class_table(suspects: list[Suspect]) -> str:
     )
 
 
-def gallery_html(title: str, suspects: list[Suspect], thumbs: list[tuple[bytes, str]]) -> str:
+def gallery_html(
+    title: str,
+    suspects: list[Suspect],
+    thumbs: list[tuple[bytes, str]],
+    trust: dict | None = None,
+) -> str:
     """The page for the suspects (most suspect first) whose thumbnails `thumbs` holds, in order.
 
     Args:
         title: What the run is called (escaped here).
         suspects: Every row of the run's label_issues.csv, most suspect first.
         thumbs: (image bytes, MIME type) of the first `len(thumbs)` suspects.
+        trust: How far to trust the list (summary.json's `label_trust`: `level`, `message`),
+            shown above the cards; None says nothing.
     """
     shown = suspects[: len(thumbs)]
     flagged = sum(s.is_label_issue for s in suspects)
@@ -198,6 +208,7 @@ def gallery_html(title: str, suspects: list[Suspect], thumbs: list[tuple[bytes, 
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{heading}</title><style>{CSS}</style></head><body><h1>{heading}</h1>"
+        f"{_trust(trust)}"
         f"<p>{flagged} of {len(suspects)} training labels flagged; the {len(shown)} most "
         "suspect are shown, lowest label score first (score in [0, 1], higher = more likely "
         "correct; selected = share of the robust epochs in which the method trusted the "
@@ -210,6 +221,25 @@ def gallery_html(title: str, suspects: list[Suspect], thumbs: list[tuple[bytes, 
     )
 
 
+def _trust(trust: dict | None) -> str:
+    if not trust:
+        return ""
+    level = html.escape(str(trust.get("level", "")))
+    style = ' class="trust low"' if level == "low" else ' class="trust"'
+    return f"<p{style}><b>Trust: {level}.</b> {html.escape(str(trust.get('message', '')))}</p>"
+
+
+def run_trust(run_dir: Path) -> dict | None:
+    """A run's `label_trust` from its summary.json; None for a run without one (an older run,
+    or a page written away from its run)."""
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    trust = summary.get("label_trust") if isinstance(summary, dict) else None
+    return trust if isinstance(trust, dict) else None
+
+
 def check_page_path(out: Path) -> Path:
     """`out`, if a page can be written there (checked before the images are read)."""
     if not out.parent.is_dir() or out.is_dir():
@@ -218,7 +248,11 @@ def check_page_path(out: Path) -> Path:
 
 
 def write_gallery(
-    out: Path, title: str, suspects: list[Suspect], images: list[Image.Image]
+    out: Path,
+    title: str,
+    suspects: list[Suspect],
+    images: list[Image.Image],
+    trust: dict | None = None,
 ) -> Path:
     """Write the gallery page of a run's suspects to `out` (atomically) and return it.
 
@@ -228,12 +262,15 @@ def write_gallery(
         suspects: Every row of the run's label_issues.csv, most suspect first.
         images: The training images of the first `len(images)` suspects, in that order (e.g.
             from `asymco.data.images.training_images`).
+        trust: How far to trust the list; by default the `label_trust` of the summary.json
+            beside `out` (the page's usual place is its run's directory).
 
     Raises:
         asymco.errors.UserError: `out` cannot be written.
     """
     out = check_page_path(Path(out))
-    page = gallery_html(title, suspects, [thumbnail(image) for image in images])
+    trust = run_trust(out.parent) if trust is None else trust
+    page = gallery_html(title, suspects, [thumbnail(image) for image in images], trust)
     try:
         write_text_atomic(out, page)
     except OSError as err:
