@@ -206,6 +206,12 @@ def test_warmup_is_held_while_the_nets_agree_on_too_few_labels():
     act.training_step(make_batch(torch.arange(6), labels))
     act.on_epoch_start(3, warmup=False)
     assert not act.warmup and int(act.held_epochs) == 2
+    assert act.warmup_epochs_run(1) == 3  # label_issues.csv counts robust epochs after these
+    # Selection then goes well (half of each batch): the run is no longer collapsed, so it
+    # reports the RTM and ranks labels by ACT's own score again.
+    act.training_step(make_batch(torch.arange(6), labels))
+    assert act.reported_net == "rtm" and act.clean_scores() is None
+    assert act.label_trust()["level"] == "usual"
 
 
 def test_label_score_falls_back_once_the_selection_collapsed():
@@ -322,3 +328,24 @@ def test_once_collapsed_the_guard_reports_another_net(settings, reported):
         each = [torch.softmax(act.nets[n](x), 1) for n in ("rtm", "ntm")]
         torch.testing.assert_close(probs, (each[0] + each[1]) / 2)
     assert not any(k.startswith("mean") for k in act.state_dict())  # no extra checkpoint keys
+
+
+def test_a_run_cut_inside_a_held_warmup_epoch_resumes_exactly(tmp_path, cut_and_resume):
+    """The hold decision lives in checkpointed buffers: a run stopped mid-way through a held
+    epoch and resumed equals an unbroken one (figures, held flags, the fallback ranking)."""
+    from asymco import api
+
+    cfg = api.resolve_config("quickstart", [
+        "train.epochs=3", "train.warmup_epochs=1", "train.progress=false",
+        "train.checkpoint_steps=3", "data.subset=400",
+        "method.collapse_guard=true", "method.warmup_until_agreement=0.99",
+    ])
+    api.train(cfg, out_dir=tmp_path / "full")
+    cut_and_resume(cfg, tmp_path / "cut", epochs_done=1, step=3)  # inside held epoch 2
+    from tests.test_resume import metrics
+
+    full = metrics(tmp_path / "full")
+    assert [row["warmup_held"] for row in full] == [False, True, True]
+    assert metrics(tmp_path / "cut") == full
+    for name in ("label_issues.csv", "noisy_labels.npy"):
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()

@@ -37,7 +37,7 @@ def save_label_issues(
     net = method.eval_nets()[method.reported_net]
     # Extra logits (Food-101N's 200 for 101 classes) name no class: rank the real ones only.
     probs = predict_probs(net, batches, data.num_classes).cpu().numpy()
-    warmup_done = min(warmup_epochs, epochs)
+    warmup_done = method.warmup_epochs_run(min(warmup_epochs, epochs))
     counts = method.select_counts()
     selected_epochs = None
     if counts is not None:  # warmup counts every sample as selected: keep later epochs only

@@ -150,15 +150,16 @@ class CollapseGuard:
         return seen > 0 and chosen / seen < COLLAPSE_SHARE
 
     def collapsed(self) -> bool:
-        """Whether the selection carried too little to rank labels by: warmup was held, or the
-        RTM was starved."""
-        return int(self.held_epochs) > 0 or self.starved()
+        """Whether the selection carries too little to rank labels by: warmup is still held
+        (selection never started), or the RTM was starved. A run whose held warmup ended and
+        whose selection then went well is not collapsed: it reports the RTM as usual."""
+        return bool(self.warmup_held) or self.starved()
 
     # ------------------------------------------------------------------ what it reports
 
-    def select_counts(self) -> Tensor:
-        """Selections in robust epochs only: held warmup epochs counted everyone."""
-        return self.select_count - self.held_epochs.to(self.select_count.dtype)
+    def warmup_epochs_run(self, scheduled: int) -> int:
+        """The scheduled warmup epochs and the held ones (each counted everyone as selected)."""
+        return scheduled + int(self.held_epochs)
 
     def clean_scores(self) -> Tensor | None:
         """The fallback score once the selection collapsed, else None (ACT's usual score)."""
@@ -171,8 +172,12 @@ class CollapseGuard:
         if self.collapsed():
             return {
                 "level": "low",
-                "message": "ACT's selection collapsed (the nets were too weak to select "
-                "from), so label_issues.csv ranks labels by how probable both nets found each "
+                "message": (
+                    "ACT's selection never started (the nets stayed too weak to select from)"
+                    if self.warmup_held
+                    else "ACT's selection collapsed (it chose too few labels to learn from)"
+                )
+                + ", so label_issues.csv ranks labels by how probable both nets found each "
                 "given label over training, relative to its class. Expect a rough ranking: "
                 "use it to order a review, not to relabel automatically; more epochs or more "
                 "images make it sharper.",
@@ -184,8 +189,9 @@ class CollapseGuard:
         }
 
     def run_warnings(self, history: list[dict]) -> list[dict]:
-        on = any(guard_shares(self.settings))
-        return [w.as_dict() for w in detect_collapse(history, guard=on)]
+        floor, hold = guard_shares(self.settings)
+        found = detect_collapse(history, guard=floor > 0 or hold > 0, hold=hold)
+        return [w.as_dict() for w in found]
 
     def summary_figures(
         self, history: list[dict], *, preset: str, preset_number: float | None

@@ -242,6 +242,11 @@ class Method(Reporting, nn.Module):
         or None if the method does not select. Selecting methods keep it in `select_count`."""
         return getattr(self, "select_count", None)
 
+    def warmup_epochs_run(self, scheduled: int) -> int:
+        """How many epochs were warmup epochs of the `scheduled` (`train.warmup_epochs`, capped
+        at the epochs trained): the schedule's, unless the method extended its warmup."""
+        return scheduled
+
     def selected(self) -> Tensor | None:
         """(N,) bool: the samples this epoch treated as clean, or None if it does not select.
         Selecting methods keep it in an `is_selected` buffer."""

@@ -70,12 +70,17 @@ def is_degenerate(row: dict, *, floor: float = COLLAPSE_SHARE) -> bool:
 
 
 def detect_collapse(
-    history: Sequence[dict], *, guard: bool = False, floor: float = COLLAPSE_SHARE
+    history: Sequence[dict],
+    *,
+    guard: bool = False,
+    floor: float = COLLAPSE_SHARE,
+    hold: float = COLLAPSE_SHARE,
 ) -> list[RunWarning]:
     """The warnings a run's metrics rows call for, each once, at the epoch that first shows it.
 
-    `guard` says whether the collapse guard was on (the advice differs). Rows without ACT's
-    columns (`test_acc_ntm`, the train accuracies) give no warning of that kind.
+    `guard` says whether the collapse guard was on (the advice differs); `hold` is the run's
+    `warmup_until_agreement`, quoted when warmup was held. Rows without ACT's columns
+    (`test_acc_ntm`, the train accuracies) give no warning of that kind.
     """
     found: list[RunWarning] = []
     degenerate = next((row for row in history if is_degenerate(row, floor=floor)), None)
@@ -84,7 +89,7 @@ def detect_collapse(
     behind = _first_behind(history)
     if behind is not None:
         found.append(_behind_warning(behind, guard=guard))
-    held = _held_warmup(history)
+    held = _held_warmup(history, hold)
     if held is not None:
         found.append(held)
     return sorted(found, key=lambda w: w.epoch)
@@ -145,7 +150,7 @@ def _behind_warning(row: dict, *, guard: bool) -> RunWarning:
     )
 
 
-def _held_warmup(history: Sequence[dict]) -> RunWarning | None:
+def _held_warmup(history: Sequence[dict], hold: float) -> RunWarning | None:
     held = [row for row in history if row.get("warmup_held")]
     if not held:
         return None
@@ -161,7 +166,7 @@ def _held_warmup(history: Sequence[dict]) -> RunWarning | None:
         "warmup_held",
         first["epoch"],
         f"the collapse guard continued warmup from epoch {first['epoch'] + 1}: both nets "
-        f"fitted the same given label on fewer than {100 * COLLAPSE_SHARE:.0f}% of the samples, "
+        f"fitted the same given label on fewer than {100 * hold:g}% of the samples, "
         f"too few to select from; {tail}.",
     )
 
