@@ -349,3 +349,18 @@ def test_a_run_cut_inside_a_held_warmup_epoch_resumes_exactly(tmp_path, cut_and_
     assert metrics(tmp_path / "cut") == full
     for name in ("label_issues.csv", "noisy_labels.npy"):
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
+
+
+@pytest.mark.parametrize(("settings", "starved"), [(guarded(), True), (ACTSettings(), False)])
+def test_a_selection_under_the_agreement_the_guard_waited_for_starves_the_rtm(settings, starved):
+    """10 % selected passes the 5 % collapse line, but the guard waited for 20 % agreement
+    before selecting: measured, an RTM trained on 6-8 % ended at half the NTM's accuracy."""
+    labels = torch.tensor([0, 1, 2, 1, 2, 1, 2, 1, 2, 1])
+    act = make_act(labels, settings)
+    for net in ("rtm", "ntm"):
+        force_class(act.nets[net], 0)  # both fit the one label-0 sample: the rule keeps 10 %
+    act.on_epoch_start(5, warmup=False)
+    act.training_step(make_batch(torch.arange(10), labels))
+    assert act.rule_selected.tolist() == [1.0, 10.0]
+    assert act.starved() is starved
+    assert act.reported_net == ("ntm" if starved else "rtm")

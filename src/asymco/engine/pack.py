@@ -49,16 +49,14 @@ def why_unpackable(cfg: RunConfig, method_class: type[Method]) -> str | None:
     t = cfg.train
     if not method_class.packable:
         return f"method {cfg.method.name} draws random numbers or data-dependent shapes per step"
-    reason = method_class.unpackable_reason(cfg.method.for_run(cfg))
-    if reason:
-        return reason
     if t.precision == "fp16":
         return "fp16's gradient scaler would skip a step for every member when one overflows"
     if t.compile:
         return "train.compile applies to single nets"
     if t.budget:
         return "train.budget chooses each run's epochs from its own measured step times"
-    return None
+    # Last: a budget (above) is what turns ACT's hold-warmup guard on by default.
+    return method_class.unpackable_reason(cfg.method.for_run(cfg))
 
 
 class _Step(nn.Module):

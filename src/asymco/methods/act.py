@@ -74,7 +74,7 @@ class ACTSettings(MethodSettings):
     """NTM learning rate in the separate modes (paper: 0.08); also `optim.ntm_lr`."""
     collapse_guard: bool | None = None
     """Avoid the selection collapse of nets still too weak to select from (docs/deviations.md,
-    "The collapse guard"): `selection_floor` and `warmup_until_agreement` default to 0.05.
+    "The collapse guard"): `selection_floor` defaults to 0.05 and `warmup_until_agreement` to 0.2.
     None (auto): on for your own data and for runs with `train.budget`, off (faithful) for the
     paper's presets."""
     selection_floor: float | None = None
@@ -83,7 +83,7 @@ class ACTSettings(MethodSettings):
     0 (the faithful rule)."""
     warmup_until_agreement: float | None = None
     """Warmup continues past `train.warmup_epochs` while both nets fitted the given label of
-    fewer than this share of the last epoch's samples. None: 0.05 with the guard, else 0."""
+    fewer than this share of the last epoch's samples. None: 0.2 with the guard, else 0."""
     report_on_collapse: Literal["rtm", "ntm", "mean", "auto"] | None = None
     """The reported net once the selection collapsed (warmup held, or the rule chose under 5 %):
     `rtm` as always, `ntm`, `mean` (both nets' averaged prediction), or `auto`: the mean while
