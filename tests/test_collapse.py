@@ -364,3 +364,35 @@ def test_a_selection_under_the_agreement_the_guard_waited_for_starves_the_rtm(se
     assert act.rule_selected.tolist() == [1.0, 10.0]
     assert act.starved() is starved
     assert act.reported_net == ("ntm" if starved else "rtm")
+
+
+@pytest.mark.parametrize("reported", ["rtm", "ntm", "mean"])
+def test_an_epoch_row_and_its_line_name_both_nets_whichever_is_reported(reported):
+    """Once the NTM is reported, the row's test_acc is the NTM's; the row and the console line
+    still carry both nets' accuracies (a robust epoch with the NTM reported once crashed here)."""
+    from asymco.methods.reporting import EpochResults
+
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    act = make_act(labels, ACTSettings(report_on_collapse=reported))
+    force_class(act.nets["rtm"], 3)
+    force_class(act.nets["ntm"], 3)  # the rule selects nobody: collapsed
+    act.on_epoch_start(1, warmup=False)
+    out = act.training_step(make_batch(torch.arange(6), labels))
+    assert act.reported_net == reported
+    accs = {"rtm": 10.0, "ntm": 20.0, "mean": 15.0}
+    results = EpochResults(
+        epoch=1,
+        sums={k: float(v.detach()) for k, v in out.items()},
+        batches=1,
+        lrs={"rtm": 0.01, "ntm": 0.01},
+        test_acc={name: accs[name] for name in act.eval_nets()},
+        scores={},
+        truth_known=False,
+    )
+    row = {**act.epoch_row(results), "epoch_seconds": 1.0}  # the engine adds the timing
+    assert row["test_acc"] == accs[reported] and row["test_acc_ntm"] == 20.0
+    assert ("test_acc_rtm" in row) is (reported != "rtm")
+    line = act.describe(row, epochs=2)
+    assert "ntm 20.00%" in line and ("rtm 10.00%" in line) is (reported != "rtm")
+    behind = detect_collapse([{**row, "epoch": e} for e in range(3)])
+    assert [w.kind for w in behind] == ["rtm_behind_ntm"]  # the RTM's figure, wherever it is

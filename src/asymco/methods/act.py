@@ -292,7 +292,8 @@ class ACT(CollapseGuard, Method):
         return {"selected": self.is_selected, "mined": self.is_mined}
 
     def epoch_figures(self, results: EpochResults, means: dict[str, float]) -> dict:
-        figures = super().epoch_figures(results, means)  # test_acc_ntm
+        figures = super().epoch_figures(results, means)  # test_acc_rtm once it is not reported
+        figures["test_acc_ntm"] = results.test_acc["ntm"]  # also when the NTM is the one reported
         figures.update(lr_ntm=results.lrs["ntm"], mining_fraction=means.pop("mining_on", None))
         figures["warmup_held"] = bool(self.warmup_held)
         if results.truth_known and not self.warmup:  # how good the mined samples were
