@@ -268,8 +268,9 @@ def test_the_suspects_page_says_how_far_to_trust_the_list(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"label_trust": trust}))
     text = write_gallery(page, "run", [suspect], []).read_text()
     assert '<p class="trust low"><b>Trust: low.</b>' in text and "&lt;rough&gt;" in text
-    (tmp_path / "summary.json").write_text("{broken")
-    assert "Trust:" not in write_gallery(page, "run", [suspect], []).read_text()
+    for damaged in (b"{broken", b"\xff\xfe{}", b"[" * 100_000, b"[1, 2]"):
+        (tmp_path / "summary.json").write_bytes(damaged)
+        assert "Trust:" not in write_gallery(page, "run", [suspect], []).read_text()
 
 
 def test_a_held_run_end_to_end_warns_and_ranks_by_the_fallback(tmp_path, caplog):

@@ -232,9 +232,13 @@ def _trust(trust: dict | None) -> str:
 def run_trust(run_dir: Path) -> dict | None:
     """A run's `label_trust` from its summary.json; None for a run without one (an older run,
     or a page written away from its run)."""
-    try:
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
+    from asymco.errors import UserError
+    from asymco.untrusted import TEXT_LIMIT, read_text
+
+    path = Path(run_dir) / "summary.json"
+    try:  # the page stays useful without the claim: any unreadable summary says nothing
+        summary = json.loads(read_text(path, "the run's summary", TEXT_LIMIT))
+    except (OSError, ValueError, RecursionError, UserError):
         return None
     trust = summary.get("label_trust") if isinstance(summary, dict) else None
     return trust if isinstance(trust, dict) else None
