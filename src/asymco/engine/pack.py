@@ -55,7 +55,7 @@ def why_unpackable(cfg: RunConfig, method_class: type[Method]) -> str | None:
         return "train.compile applies to single nets"
     if t.budget:
         return "train.budget chooses each run's epochs from its own measured step times"
-    # Last: a budget (above) is what turns ACT's hold-warmup guard on by default.
+    # Last: a budget (above) can be what turns a method's per-run rule on by default.
     return method_class.unpackable_reason(cfg.method.for_run(cfg))
 
 
