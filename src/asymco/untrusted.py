@@ -90,6 +90,18 @@ def read_text(path: Path, what: str, limit: int, *, encoding: str = "utf-8", fix
         ) from None
 
 
+def read_json_mapping(path: Path, what: str, fix: str = "") -> dict:
+    """A JSON file that must hold a mapping (summary.json), as one `UserError` sentence if it
+    is too large, not UTF-8, not JSON (nesting too deep included) or not a mapping."""
+    import json
+
+    with decoding(path, what, fix):
+        value = json.loads(read_text(path, what, TEXT_LIMIT))
+        if not isinstance(value, dict):
+            raise ValueError("it holds no mapping of figures")
+    return value
+
+
 def available_memory() -> int | None:
     """Bytes of memory this process can still get (the container's limit counts), or None."""
     found: list[int] = []

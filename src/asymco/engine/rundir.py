@@ -75,11 +75,7 @@ class RunDir:
 
     def read_summary(self) -> dict:
         """A finished run's summary.json, through the guarded path every run file takes."""
-        from asymco.untrusted import TEXT_LIMIT, decoding, read_text
+        from asymco.untrusted import read_json_mapping
 
-        path = self.path / "summary.json"
-        with decoding(path, "the run's summary", "copy the run again"):
-            summary = json.loads(read_text(path, "the run's summary", TEXT_LIMIT))
-            if not isinstance(summary, dict):
-                raise ValueError("it holds no mapping of figures")
-        return summary
+        return read_json_mapping(self.path / "summary.json", "the run's summary",
+                                 "copy the run again")

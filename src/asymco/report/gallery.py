@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import os
 import shlex
@@ -232,15 +231,13 @@ def _trust(trust: dict | None) -> str:
 def run_trust(run_dir: Path) -> dict | None:
     """A run's `label_trust` from its summary.json; None for a run without one (an older run,
     or a page written away from its run)."""
-    from asymco.errors import UserError
-    from asymco.untrusted import TEXT_LIMIT, read_text
+    from asymco.untrusted import read_json_mapping
 
-    path = Path(run_dir) / "summary.json"
     try:  # the page stays useful without the claim: any unreadable summary says nothing
-        summary = json.loads(read_text(path, "the run's summary", TEXT_LIMIT))
-    except (OSError, ValueError, RecursionError, UserError):
+        summary = read_json_mapping(Path(run_dir) / "summary.json", "the run's summary")
+    except (OSError, UserError):
         return None
-    trust = summary.get("label_trust") if isinstance(summary, dict) else None
+    trust = summary.get("label_trust")
     return trust if isinstance(trust, dict) else None
 
 
