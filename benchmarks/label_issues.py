@@ -4,7 +4,8 @@ On the same noisy CIFAR-100 subset (a) with the CIFAR-100N human labels and (b) 
 synthetic noise of a Table-1 preset, each tool scores every training label:
 
 - asymco: one ACT run (`asymco.train`); its label_issues.csv gives `label_score` and
-  `is_label_issue`.
+  `is_label_issue`. By default two such runs: the presets' faithful ACT (collapse guard off)
+  and ACT with the collapse guard on, as your own data and `--budget` get it (`--guard`).
 - cleanlab: the same network (the paper's CNN) trained with plain cross-entropy
   (`method.name=standard`, asymco's own training code) K times, each on K-1 folds for the same
   number of epochs, predicting the held-out fold; then `cleanlab.filter.find_label_issues` and
@@ -44,6 +45,11 @@ DATASETS = {  # label in the table -> asymco preset
     "CIFAR-100N human": "cifar100n-human",
     "CIFAR-100 sym-20%": "cifar100n-sym20",
 }
+GUARDS = {  # --guard -> the ACT runs: (tool key, table label, method.collapse_guard)
+    "off": [("asymco", "asymco (ACT, faithful)", "false")],
+    "on": [("asymco_guard", "asymco (ACT + collapse guard)", "true")],
+}
+GUARDS["both"] = GUARDS["off"] + GUARDS["on"]
 FULL = {"subset": 3000, "epochs": 10, "folds": 3, "test_subset": 500}
 QUICK = {"subset": 400, "epochs": 2, "folds": 2, "test_subset": 200}
 
@@ -58,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folds", type=int, help=f"cleanlab's K (default {FULL['folds']})")
     p.add_argument("--test-subset", type=int, help="test images ACT evaluates each epoch")
     p.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    p.add_argument("--guard", choices=list(GUARDS), default="both",
+                   help="ACT's collapse guard: off (the presets' faithful ACT), on (own data's "
+                        "default), or both side by side (default)")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     for key, value in sizes.items():
@@ -89,14 +98,16 @@ def schedule(epochs: int) -> list[str]:
     ]
 
 
-def run_act(preset: str, args: argparse.Namespace, out: Path) -> dict:
-    """One ACT run; its label table in training-set order, and its wall time."""
+def run_act(preset: str, args: argparse.Namespace, out: Path, guard: str) -> dict:
+    """One ACT run (`guard`: its method.collapse_guard); its label table in training-set order,
+    and its wall time."""
     from asymco.label_issues import read_label_issues
 
     overrides = [
         *schedule(args.epochs),
         f"data.subset={args.subset}",
         f"data.test_subset={args.test_subset}",
+        f"method.collapse_guard={guard}",
     ]
     cfg = api.resolve_config(preset, overrides, data_dir=args.data_dir)
     started, cpu = time.perf_counter(), time.process_time()
@@ -111,6 +122,7 @@ def run_act(preset: str, args: argparse.Namespace, out: Path) -> dict:
         "seconds": seconds,
         "cpu_seconds": cpu,
         "test_acc": result.summary["test_acc_last10_mean"],
+        "label_trust": (result.summary.get("label_trust") or {}).get("level"),
     }
 
 
@@ -202,27 +214,31 @@ def figures(side: dict, wrong: np.ndarray) -> dict:
         # asymco: the RTM's last-10 test accuracy (CIFAR test subset); cleanlab: the fold nets'
         # last-10 accuracy on their held-out folds against the given (noisy) labels
         **{k: round(side[k], 2) for k in ("test_acc", "heldout_acc") if k in side},
+        **({"label_trust": side["label_trust"]} if side.get("label_trust") else {}),
     }
 
 
 def compare(name: str, preset: str, args: argparse.Namespace, clean: np.ndarray) -> dict:
     """Both tools on one data set; both score the same images with the same given labels."""
     out = Path(args.out) / preset
-    act = run_act(preset, args, out / "act")
-    print(f"{name}: asymco done in {act['seconds']:.0f}s", file=sys.stderr, flush=True)
-    lab = run_cleanlab(preset, args, out / "cleanlab")
+    sides = {}
+    for tool, _, guard in GUARDS[args.guard]:
+        folder = out / ("act-guard" if guard == "true" else "act")
+        sides[tool] = run_act(preset, args, folder, guard)
+        print(f"{name}: {tool} done in {sides[tool]['seconds']:.0f}s", file=sys.stderr, flush=True)
+    lab = sides["cleanlab"] = run_cleanlab(preset, args, out / "cleanlab")
     print(f"{name}: cleanlab done in {lab['seconds']:.0f}s", file=sys.stderr, flush=True)
     for key in ("index", "given"):
-        if not np.array_equal(act[key], lab[key]):
-            raise RuntimeError(f"{name}: asymco and cleanlab saw different samples ({key})")
-    wrong = act["given"] != clean[act["index"]]
+        for tool, side in sides.items():
+            if not np.array_equal(side[key], lab[key]):
+                raise RuntimeError(f"{name}: {tool} and cleanlab saw different samples ({key})")
+    wrong = lab["given"] != clean[lab["index"]]
     return {
         "dataset": name,
         "preset": preset,
         "train_images": len(wrong),
         "noise_rate": round(float(wrong.mean()), 4),
-        "asymco": figures(act, wrong),
-        "cleanlab": figures(lab, wrong),
+        **{tool: figures(side, wrong) for tool, side in sides.items()},
     }
 
 
@@ -233,10 +249,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        for tool, label in (
-            ("asymco", "asymco (ACT, 1 run)"),
-            ("cleanlab", f"cleanlab ({args.folds}-fold CE)"),
-        ):
+        tools = [(tool, label) for tool, label, _ in GUARDS[args.guard]]
+        for tool, label in [*tools, ("cleanlab", f"cleanlab ({args.folds}-fold CE)")]:
             f = row[tool]
             lines.append(
                 f"| {row['dataset']} ({row['noise_rate']:.1%}) | {label} | {f['auroc']:.3f} | "
@@ -267,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             "schedule": schedule(args.epochs)[:3],
             "folds": args.folds,
             "act_test_subset": args.test_subset,
+            "collapse_guard": args.guard,
             "quick": args.quick,
         },
         "machine": {

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "label_issues.py"
 
@@ -38,7 +39,7 @@ def test_the_quick_comparison_covers_both_data_sets_with_figures_in_range(shared
     assert [r["preset"] for r in rows] == ["cifar100n-human", "cifar100n-sym20"]
     for row in rows:
         assert 0 < row["noise_rate"] < 1
-        for tool in ("asymco", "cleanlab"):
+        for tool in ("asymco", "asymco_guard", "cleanlab"):
             f = row[tool]
             for key in ("auroc", "precision", "recall", "f1"):
                 assert math.isfinite(f[key]) and 0 <= f[key] <= 1, (tool, key, f[key])
@@ -47,9 +48,14 @@ def test_the_quick_comparison_covers_both_data_sets_with_figures_in_range(shared
     md = (tmp_path / "table.md").read_text()
     assert md in done.stderr  # the table printed is the table written
     for name in ("CIFAR-100N human", "CIFAR-100 sym-20%"):
-        assert md.count(f"| {name} (") == 2  # one line per tool
-    # each side's runs are in OUT: one ACT run, K cleanlab folds
-    assert (tmp_path / "cifar100n-human" / "act" / "label_issues.csv").is_file()
+        assert md.count(f"| {name} (") == 3  # one line per tool: ACT faithful, guarded, cleanlab
+    assert printed["settings"]["collapse_guard"] == "both"
+    # each side's runs are in OUT: an ACT run without and one with the guard, K cleanlab folds
+    for folder, guard in (("act", False), ("act-guard", True)):
+        run = tmp_path / "cifar100n-human" / folder
+        assert (run / "label_issues.csv").is_file()
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        assert saved["method"]["collapse_guard"] is guard
     assert len(list((tmp_path / "cifar100n-sym20" / "cleanlab").glob("fold*/run"))) == 2
 
 
