@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import asymco
+from asymco.engine.lock import LOCK_NAME, RunLock
 from asymco.errors import UserError
 
 FAST = {"train.epochs": 3, "train.warmup_epochs": 1, "train.progress": False,
@@ -38,7 +39,41 @@ def test_fit_on_arrays_returns_model_and_table_in_data_order(tmp_path):
     assert table["is_label_issue"].dtype == bool and len(result.ranked()) == n_train
     logits = result.model(torch.zeros(2, 3, 32, 32).contiguous(memory_format=torch.channels_last))
     assert logits.shape == (2, 3)
-    assert (tmp_path / "run" / "inputs.npz").is_file()
+    assert len(list((tmp_path / "run").glob("inputs-*.npz"))) == 1
+
+
+def test_a_second_fit_on_a_run_s_directory_never_replaces_its_arrays(tmp_path):
+    """Two fits on one directory, the first still writing (its lock held) or finished: the
+    second is refused, and the first run's arrays file and every other file stay as they were
+    (the arrays were once saved as one fixed name, overwritten before the lock was taken)."""
+    x, y, _ = coloured()
+    run = tmp_path / "run"
+    asymco.fit(images=x, labels=y, settings=FAST, out_dir=run)
+
+    def files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in run.iterdir() if p.name != LOCK_NAME}
+
+    before = files()
+    other = x[::-1].copy()
+    lock = RunLock.acquire(run)  # the first run, still writing
+    try:
+        with pytest.raises(UserError, match="another asymco process"):
+            asymco.fit(images=other, labels=y, settings=FAST, out_dir=run)
+    finally:
+        lock.release()
+    assert files() == before
+    for images in (other, x):  # finished: refused with other arrays and with the same ones
+        with pytest.raises(UserError, match="already holds a run"):
+            asymco.fit(images=images, labels=y, settings=FAST, out_dir=run)
+        assert files() == before
+
+
+def test_a_refused_fit_leaves_no_arrays_and_no_directory_behind(tmp_path):
+    x, y, _ = coloured()
+    with pytest.raises(UserError, match=r"data\.batch_size"):
+        asymco.fit(images=x, labels=y, settings={**FAST, "data.batch_size": 0},
+                   out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_find_label_issues_mask_and_ranking(tmp_path):

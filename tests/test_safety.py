@@ -176,7 +176,7 @@ def test_hostile_names_round_trip_through_every_reader(hostile_run):
 
 def test_hostile_names_and_paths_are_escaped_on_the_terminal(hostile_run, capsys):
     run_dir, result, log = hostile_run
-    assert "\x1b" not in log and "run\\x1b[2J" in log  # the data line names inputs.npz's path
+    assert "\x1b" not in log and "run\\x1b[2J" in log  # the data line names the saved arrays' path
     assert "\x1b" not in describe_run(result.summary, run_dir)
     capsys.readouterr()
     assert main(["issues", str(run_dir), "--top", "48"]) == 0

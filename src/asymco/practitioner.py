@@ -4,12 +4,17 @@
     result = asymco.fit(folder="photos/")                            # <folder>/<class>/<image>
     issues = asymco.find_label_issues(images=x, labels=y)            # (N,) bool mask
 
-Arrays are saved into the run directory (`inputs.npz`) so the run stays self-describing and
-can be resumed; everything else is what `asymco train --data ...` does.
+Arrays are saved into the run directory (`inputs-<digest>.npz`) so the run stays
+self-describing and can be resumed; everything else is what `asymco train --data ...` does. The
+file is named by its content and written atomically before the run's lock is taken (training
+takes it), so a second `fit` on a directory whose run is still writing (or already finished)
+adds its own file, is refused, and removes it: it never replaces the arrays the run reads.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +24,7 @@ import torch
 
 from asymco import api
 from asymco.data.arrays import as_uint8_images
+from asymco.files import write_atomic
 from asymco.label_issues import COLUMNS, read_label_issues
 from asymco.text import csv_value
 from asymco.untrusted import decoding
@@ -77,9 +83,11 @@ def fit(
     if (images is None) == (folder is None and csv_file is None):
         raise api.UserError("pass either images= and labels=, or folder= or csv_file=")
     created = not run_dir.exists()
+    saved = None  # the arrays file this call added, removed again if the run does not start
     try:
         if images is not None:
-            spec = f"npz:{_save_arrays(run_dir, images, labels, class_names)}"
+            path, saved = _save_arrays(run_dir, images, labels, class_names)
+            spec = f"npz:{path}"
         else:
             spec = f"folder:{folder}" if folder is not None else f"csv:{csv_file}"
         test_spec = None if test is None else f"{spec.split(':', 1)[0]}:{test}"
@@ -87,7 +95,7 @@ def fit(
         cfg = api.resolve_own_data(spec, test_spec, overrides)
         result = api.train(cfg, out_dir=run_dir)
     except BaseException:
-        _forget_inputs(run_dir, created)
+        _forget_inputs(run_dir, saved, created)
         raise
     return FitResult(
         result.model, _read_table(run_dir / "label_issues.csv"), run_dir, result.summary
@@ -107,7 +115,9 @@ def find_label_issues(
     return result.ranked() if return_ranking else result.is_label_issue
 
 
-def _save_arrays(run_dir: Path, images, labels, class_names) -> Path:
+def _save_arrays(run_dir: Path, images, labels, class_names) -> tuple[Path, Path | None]:
+    """The arrays' file in `run_dir`, and that path again when this call added it (None when
+    the same arrays were already there)."""
     if labels is None:
         raise api.UserError("images= needs labels= beside it")
     images, labels = np.asarray(images), np.asarray(labels)
@@ -116,21 +126,35 @@ def _save_arrays(run_dir: Path, images, labels, class_names) -> Path:
     images = as_uint8_images(images, "images=")  # floats in [0, 1] and RGBA are accepted
     if not np.issubdtype(labels.dtype, np.integer):
         raise api.UserError(f"labels must be integers, got {labels.dtype}")
+    arrays = {"x_train": images, "y_train": labels}
+    if class_names is not None:
+        arrays["class_names"] = np.asarray(class_names, dtype=str)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    data = buffer.getvalue()
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "inputs.npz"
-    extra = {} if class_names is None else {"class_names": np.asarray(class_names, dtype=str)}
-    np.savez(path, x_train=images, y_train=labels, **extra)
-    return path
+    path = run_dir / f"inputs-{hashlib.sha256(data).hexdigest()[:16]}.npz"
+    added = not path.exists()
+    write_atomic(path, data)  # same name, same bytes: rewriting also mends a damaged copy
+    return path, path if added else None
 
 
-def _forget_inputs(run_dir: Path, created: bool) -> None:
-    """After a failure before training wrote anything, remove the saved arrays (and the run
-    directory this call created); a started run keeps them, as its --resume needs them."""
-    if any((run_dir / name).exists() for name in ("config.yaml", "checkpoint.pt")):
-        return
-    (run_dir / "inputs.npz").unlink(missing_ok=True)
+def _forget_inputs(run_dir: Path, saved: Path | None, created: bool) -> None:
+    """After a failure, remove the arrays file this call added unless a run it started names
+    it (its --resume needs them), and the run directory this call created if that left it
+    empty."""
+    if saved is not None and not _named_by_run(run_dir, saved):
+        saved.unlink(missing_ok=True)
     if created and run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()
+
+
+def _named_by_run(run_dir: Path, arrays: Path) -> bool:
+    """Whether the run in `run_dir` (its config.yaml) trains on `arrays`."""
+    try:
+        return arrays.name in (run_dir / "config.yaml").read_text(errors="replace")
+    except OSError:
+        return False
 
 
 _FLOAT_COLUMNS = ("label_score", "given_label_prob", "predicted_label_prob", "selected_share")
