@@ -45,6 +45,14 @@ def copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
+def rewrite_checkpoint(path: Path, state: dict) -> None:
+    """Save `state` as asymco would, with a digest of its (changed) content: a checkpoint
+    whose values are wrong in some way its digest cannot reveal (another version, a bug)."""
+    checkpoint.save_checkpoint(
+        path, **{k: v for k, v in state.items() if k not in ("format", "digest")}
+    )
+
+
 def resume_fails(run: Path, capsys, match: str) -> None:
     """`asymco train --resume` exits 2 with one sentence, and the run directory is unchanged."""
     before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
@@ -76,7 +84,7 @@ def test_empty_and_foreign_files(finished, tmp_path, capsys):
     (run / "checkpoint.pt").write_bytes(b"")
     resume_fails(run, capsys, "is corrupt or truncated")
     torch.save({"state_dict": {}}, run / "checkpoint.pt")  # some other tool's checkpoint
-    resume_fails(run, capsys, "is not an asymco checkpoint of format 2")
+    resume_fails(run, capsys, f"is not an asymco checkpoint of format {checkpoint.FORMAT}")
     torch.save([1, 2, 3], run / "checkpoint.pt")
     resume_fails(run, capsys, "is not an asymco checkpoint")
 
@@ -85,19 +93,64 @@ def test_incomplete_checkpoint(finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path / "run")
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     del state["optimizer"], state["rng"]
-    torch.save(state, run / "checkpoint.pt")
+    rewrite_checkpoint(run / "checkpoint.pt", state)
     resume_fails(run, capsys, "is incomplete (it lacks optimizer, rng)")
 
 
 def test_checkpoint_of_another_dataset_size_or_config(finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path / "run")
     state = torch.load(run / "checkpoint.pt", weights_only=True)
-    torch.save({**state, "num_samples": 50000}, run / "checkpoint.pt")
+    rewrite_checkpoint(run / "checkpoint.pt", {**state, "num_samples": 50000})
     resume_fails(run, capsys, "was written for 50000 training samples, this run has 1437")
     state["config"]["optim"]["lr"] = 0.5
-    torch.save(state, run / "checkpoint.pt")
+    rewrite_checkpoint(run / "checkpoint.pt", state)
     resume_fails(run, capsys, "was written with another configuration (optim.lr: 0.5 in the "
                               "checkpoint")
+
+
+def test_flipped_bytes_inside_a_tensor_are_caught_by_the_digest(finished, tmp_path, capsys):
+    """A flip in a tensor's stored bytes still loads (the zip records and pickle are intact);
+    only the digest notices. Flipped in the first net's first weights and in SGD momentum."""
+    run = copy_run(finished, tmp_path / "run")
+    good = (run / "checkpoint.pt").read_bytes()
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    momentum = next(iter(state["optimizer"]["state"].values()))["momentum_buffer"]
+    for tensor in (next(iter(state["method"].values())), momentum):
+        stored = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        at = good.find(stored[:64])
+        assert at > 0 and good.count(stored[:64]) == 1  # the tensor's bytes, found once
+        data = bytearray(good)
+        data[at + 7] ^= 0x10
+        (run / "checkpoint.pt").write_bytes(bytes(data))
+        torch.load(run / "checkpoint.pt", weights_only=True)  # torch itself sees nothing
+        resume_fails(run, capsys, "is damaged (its content does not match the digest")
+
+
+def test_a_checkpoint_written_before_the_digest_still_resumes(finished, tmp_path):
+    """Format 2 (no digest) loads, checked as before, and the run finishes."""
+    run = copy_run(finished, tmp_path / "run")
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    del state["digest"]
+    torch.save({**state, "format": 2}, run / "checkpoint.pt")
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    resumed, original = (json.loads((r / "summary.json").read_text()) for r in (run, finished))
+    assert resumed["test_acc_last10_mean"] == original["test_acc_last10_mean"]
+
+
+def test_the_digest_covers_values_dtypes_shapes_and_order():
+    base = {"a": torch.arange(6, dtype=torch.float32), "b": [1, 0.5, "x", None]}
+    digest = checkpoint.content_digest(base)
+    assert digest == checkpoint.content_digest({k: v for k, v in base.items()})
+    for other in (
+        {**base, "a": torch.arange(6, dtype=torch.float64)},
+        {**base, "a": torch.arange(6, dtype=torch.float32).reshape(2, 3)},
+        {**base, "a": torch.arange(6, dtype=torch.float32).flip(0)},
+        {**base, "b": [1, 0.5, "y", None]},
+        {**base, "b": [True, 0.5, "x", None]},
+        {"b": base["b"], "a": base["a"]},
+        {**base, "c": torch.zeros(0, dtype=torch.bfloat16)},
+    ):
+        assert checkpoint.content_digest(other) != digest
 
 
 def test_malicious_pickle_is_refused_and_never_runs(finished, tmp_path, capsys):

@@ -26,6 +26,7 @@ from asymco.engine.checkpoint import load_checkpoint
 from asymco.engine.distributed import Dist, sync_rows
 from asymco.errors import UserError
 from asymco.methods.act import ACT, ACTSettings
+from tests.test_checkpoint import rewrite_checkpoint
 
 CPU = torch.device("cpu")
 
@@ -203,7 +204,7 @@ def test_mid_epoch_checkpoint_refuses_another_process_count(tmp_path):
     state = torch.load(path, weights_only=True)
     # As two processes write it mid-epoch: each rank's running figures and RNG states.
     state.update(step=5, world_size=2, history=[], sums=state["sums"] * 2, rng=state["rng"] * 2)
-    torch.save(state, path)
+    rewrite_checkpoint(path, state)
     (tmp_path / "summary.json").unlink()  # killed mid-epoch: no summary yet
     assert load_checkpoint(path, num_samples=1437, config=state["config"])["step"] == 5
     with pytest.raises(UserError, match=r"middle of an epoch by 2 process\(es\); resume it "

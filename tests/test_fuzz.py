@@ -28,6 +28,7 @@ from PIL import Image
 from asymco import api
 from asymco.cli import main
 from asymco.errors import UserError
+from tests.test_checkpoint import rewrite_checkpoint
 
 SETTINGS = [
     "train.epochs=2",
@@ -245,7 +246,7 @@ def test_checkpoint_state_that_does_not_fit_the_nets(resumable):
     ]:
         damaged = {**state, "method": dict(state["method"])}
         change(damaged)
-        torch.save(damaged, path)
+        rewrite_checkpoint(path, damaged)
         with pytest.raises(UserError, match=re.escape(fragment)):
             read()
 

@@ -1,12 +1,15 @@
 """Checkpoints: where training stands (`Position`), what a checkpoint holds, and the way back.
 
 One dict per checkpoint, written atomically (a crash while saving keeps the previous one),
-loaded with `weights_only=True` (a file that could run code is refused) and checked against the
-run before anything in it is used. `restore` puts its state back into this process.
+loaded with `weights_only=True` (a file that could run code is refused), checked against the
+digest of its content it carries (a flipped bit inside a tensor loads without complaint
+otherwise) and against the run, before anything in it is used. `restore` puts its state back
+into this process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import shutil
@@ -26,7 +29,8 @@ from asymco.files import torch_bytes, write_atomic
 from asymco.untrusted import decoding
 
 logger = logging.getLogger(__name__)
-FORMAT = 2  # 2: per-rank RNG states, mid-epoch position, no loader RNG
+FORMAT = 3  # 3: a digest of the content; 2: per-rank RNG states, mid-epoch position
+READABLE = (2, 3)  # format 2 (written before the digest) loads without that check
 REQUIRED = {
     "method",
     "optimizer",
@@ -84,7 +88,35 @@ def checkpoint_state(
 
 def save_checkpoint(path: Path, **state: Any) -> None:
     """Write the checkpoint atomically: a crash while saving leaves the previous one intact."""
-    write_atomic(path, torch_bytes({"format": FORMAT, **state}))
+    state = {"format": FORMAT, **state}
+    write_atomic(path, torch_bytes({**state, "digest": content_digest(state)}))
+
+
+def content_digest(state: Any) -> str:
+    """SHA-256 of a checkpoint's content: every tensor's dtype, shape and bytes, and every
+    plain value, in order. It is computed on the values, not the file, because the file's
+    bytes are torch's business (it may write the same values differently)."""
+    digest = hashlib.sha256()
+    _feed(digest, state)
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, value: Any) -> None:
+    if isinstance(value, Tensor):
+        t = value.detach().cpu().contiguous()
+        digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        digest.update(b"D%d" % len(value))
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"L%d" % len(value))
+        for item in value:
+            _feed(digest, item)
+    else:
+        digest.update(repr((type(value).__name__, value)).encode())
 
 
 def remove_partial_writes(path: Path) -> None:
@@ -100,6 +132,7 @@ def load_checkpoint(path: Path, *, num_samples: int, config: dict) -> dict:
         raise UserError(f"there is no checkpoint to resume from at {path}")
     with decoding(path, "checkpoint", _FIX):
         state = _unpickled(path)
+        _check_intact(state, path)
         _check_belongs(state, path, num_samples, config)
         _check_position(state, path)
     state["loaded_from"] = str(path)  # for `restore`'s sentences
@@ -120,9 +153,18 @@ def _unpickled(path: Path) -> Any:
             raise
 
 
-def _check_belongs(state: Any, path: Path, num_samples: int, config: dict) -> None:
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+def _check_intact(state: Any, path: Path) -> None:
+    """A known format, and (from format 3) the content its digest was computed on."""
+    if not isinstance(state, dict) or state.get("format") not in READABLE:
         raise UserError(f"{path} is not an asymco checkpoint of format {FORMAT}")
+    if state["format"] >= 3 and state.pop("digest", None) != content_digest(state):
+        raise UserError(
+            f"checkpoint {path} is damaged (its content does not match the digest written "
+            f"with it); {_FIX}"
+        )
+
+
+def _check_belongs(state: dict, path: Path, num_samples: int, config: dict) -> None:
     missing = sorted(REQUIRED - state.keys())
     if missing:
         raise UserError(f"checkpoint {path} is incomplete (it lacks {', '.join(missing)})")
