@@ -140,3 +140,34 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     with pytest.raises(api.UserError, match="corrupt or truncated"):
         api.train(cfg, out_dir=tmp_path, resume=True)
+
+
+def test_a_mean_of_nets_evaluated_beside_them_reuses_their_logits():
+    """Evaluation runs each net once per batch: a mean of nets that are evaluated too (ACT's
+    held warmup, DivideMix) is combined from their logits, with the figures of running it on
+    its own; every module keeps its train/eval mode."""
+    from asymco.engine.evaluate import accuracies, forward_passes
+    from asymco.methods.base import MeanPrediction
+
+    torch.manual_seed(0)
+    calls = []
+
+    class Counted(torch.nn.Linear):
+        def forward(self, x):
+            calls.append(self)
+            return super().forward(x)
+
+    a, b = Counted(5, 3), Counted(5, 3)
+    b.eval()  # a mode of its own, to be kept
+    x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
+
+    def batches():
+        return iter([(x[:25], y[:25]), (x[25:], y[25:])])
+
+    nets = {"mean": MeanPrediction([a, b]), "a": a, "b": b}
+    accs = accuracies(nets, batches)
+    assert len(calls) == 4 and forward_passes(nets) == 2  # 2 nets x 2 batches, not 8
+    alone = {name: accuracies({name: net}, batches)[name] for name, net in nets.items()}
+    assert accs == alone
+    assert (a.training, b.training) == (True, False)
+    assert forward_passes({"mean": nets["mean"]}) == 2  # alone, the mean runs its members

@@ -3,10 +3,13 @@ selection: methods never see true labels."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 
 from asymco.batch import EvalBatches
+from asymco.methods.base import MeanPrediction
 
 
 @torch.no_grad()  # not inference_mode: methods keep what they derive from the logits
@@ -25,18 +28,48 @@ def predict_probs(net: nn.Module, batches: EvalBatches, num_classes: int | None 
     return torch.softmax(logits(net, batches)[:, :num_classes], dim=1)
 
 
+def _reuses_members(net: nn.Module, nets: Mapping[str, nn.Module]) -> bool:
+    """A mean of nets that are all evaluated beside it: computed from their logits."""
+    others = {id(other) for other in nets.values()}
+    return isinstance(net, MeanPrediction) and all(id(m) in others for m in net.members)
+
+
+def batch_logits(nets: Mapping[str, nn.Module], x: Tensor) -> dict[str, Tensor]:
+    """Each net's logits for `x`, every net run once: a mean of nets among `nets` is combined
+    from their logits instead of running them again."""
+    ran = {id(net): net(x) for net in nets.values() if not _reuses_members(net, nets)}
+    return {
+        name: MeanPrediction.combine([ran[id(m)] for m in net.members])
+        if _reuses_members(net, nets)
+        else ran[id(net)]
+        for name, net in nets.items()
+    }
+
+
+def forward_passes(nets: Mapping[str, nn.Module]) -> int:
+    """How many nets `batch_logits` runs per batch (a mean run on its own runs its members)."""
+    ran = {id(net): net for net in nets.values() if not _reuses_members(net, nets)}
+    return sum(len(n.members) if isinstance(n, MeanPrediction) else 1 for n in ran.values())
+
+
 @torch.inference_mode()
-def accuracy(net: nn.Module, batches: EvalBatches) -> float:
-    """Top-1 accuracy in percent of `net` in eval mode."""
-    was_training = net.training
-    net.eval()
-    hits, total = [], 0
+def accuracies(nets: Mapping[str, nn.Module], batches: EvalBatches) -> dict[str, float]:
+    """Top-1 accuracy in percent of each net in eval mode, in one pass over `batches`."""
+    modes = {m: m.training for net in nets.values() for m in net.modules()}
+    for net in nets.values():
+        net.eval()
+    hits: dict[str, list[Tensor]] = {name: [] for name in nets}
+    total = 0
     for x, y in batches():
-        hits.append((net(x).argmax(1) == y).sum())
+        for name, out in batch_logits(nets, x).items():
+            hits[name].append((out.argmax(1) == y).sum())
         total += len(y)
-    net.train(was_training)
-    correct = int(torch.stack(hits).sum()) if hits else 0  # one device read per evaluation
-    return 100.0 * correct / max(total, 1)
+    for module, mode in modes.items():  # each module as it was (a mean's train() sets members)
+        module.training = mode
+    correct = {  # one device read per net and evaluation
+        name: int(torch.stack(found).sum()) if found else 0 for name, found in hits.items()
+    }
+    return {name: 100.0 * n / max(total, 1) for name, n in correct.items()}
 
 
 def selection_scores(selected: Tensor, is_clean: Tensor) -> dict[str, float | None]:

@@ -29,7 +29,7 @@ from asymco.batch import Batch, EvalBatches
 from asymco.durations import format_duration
 from asymco.engine.checkpoint import Position
 from asymco.engine.distributed import Dist, sync_rows
-from asymco.engine.evaluate import accuracy, logits, score_judgement
+from asymco.engine.evaluate import accuracies, logits, score_judgement
 from asymco.engine.precision import Execution
 from asymco.engine.stop import StopSignal
 from asymco.errors import PreemptedError, UserError
@@ -293,7 +293,7 @@ def epoch_row(
     figures = {key: float(value) for key, value in sums.items()}  # one sync per figure
     batches = figures.pop("batches")
     with exe.evaluation():
-        accs = {name: accuracy(net, test) for name, net in method.eval_nets().items()}
+        accs = accuracies(method.eval_nets(), test)
     judgements = method.judgements().items()
     results = EpochResults(
         epoch=epoch,

@@ -27,6 +27,7 @@ from asymco.config import RunConfig
 from asymco.data.pipeline import Pipeline
 from asymco.durations import format_duration, parse_duration
 from asymco.engine.distributed import Dist
+from asymco.engine.evaluate import batch_logits, forward_passes
 from asymco.engine.loop import train_step, training_pass
 from asymco.engine.precision import Execution
 from asymco.errors import UserError
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 TIMED_STEPS = 2
 """Steps timed per phase, after one untimed step (lazy initialisation, caches, compilation)."""
+TIMED_EVAL_BATCHES = 3
+"""Test batches timed after the first one, which is timed on its own: its extra cost (a file
+loader's workers starting, lazy initialisation) is paid once per pass, not once per batch."""
 
 
 @dataclass(frozen=True)
@@ -94,25 +98,28 @@ def measure_steps(
             warm: _time_phase(method, optimizer, scaler, pipe, exe, epoch, warm)
             for epoch, warm in phases
         }
-        nets = len(method.eval_nets())
-        per_batch, pass_seconds = _time_evaluation(method, pipe, exe, eval_batches[1])
+        per_net, startup, pass_seconds = _time_evaluation(method, pipe, exe, eval_batches[1])
+        nets = method.eval_nets()
+        evaluated, reported = forward_passes(nets), forward_passes(
+            {method.reported_net: nets[method.reported_net]}
+        )
         del method, optimizer, pipe, scaler
     gc.collect()
     if exe.device.type == "cuda":
         torch.cuda.empty_cache()
     figures = torch.tensor(
-        [per_step.get(True, 0.0), per_step.get(False, 0.0), per_batch, pass_seconds],
+        [per_step.get(True, 0.0), per_step.get(False, 0.0), per_net, startup, pass_seconds],
         dtype=torch.float64,
     )
     if dist.enabled:  # every process must choose the same epochs: the mean of their times
         figures = dist.global_sum(figures.to(exe.device)).cpu() / dist.world
-    warm, main, per_batch, pass_seconds = figures.tolist()
+    warm, main, per_net, startup, pass_seconds = figures.tolist()
     test, train = eval_batches
     return StepTimes(
         warmup_step=warm or main,
         main_step=main or warm,
-        epoch_extra=per_batch * test + pass_seconds,
-        final_extra=per_batch / max(1, nets) * train,  # the reported net alone
+        epoch_extra=startup + per_net * evaluated * test + pass_seconds,
+        final_extra=startup + per_net * reported * train,  # the reported net alone
         steps=steps,
     )
 
@@ -145,25 +152,26 @@ def _time_phase(
 
 def _time_evaluation(
     method: Method, pipe: Pipeline, exe: Execution, train_batches: int
-) -> tuple[float, float]:
-    """(seconds per test batch for all of the method's nets, seconds of the method's pass over
-    the training set per epoch, 0 without one)."""
+) -> tuple[float, float, float]:
+    """(seconds per test batch and net run, the extra seconds of a pass's first batch, seconds
+    of the method's pass over the training set per epoch, 0 without one)."""
     nets = method.eval_nets()
     with exe.evaluation():
         for net in nets.values():
             net.eval()
         # Loading counts: a file loader starts its workers on every pass.
-        began = time.perf_counter()
-        count = 0
+        ends = [time.perf_counter()]
         with torch.no_grad():
-            for images, _ in islice(pipe.test(), 1 + TIMED_STEPS):
-                count += 1
-                for net in nets.values():
-                    net(images)
-        _synchronize(exe)
-    per_batch = (time.perf_counter() - began) / max(1, count)
+            for images, _ in islice(pipe.test(), 1 + TIMED_EVAL_BATCHES):
+                batch_logits(nets, images)  # as the epoch's evaluation runs them
+                _synchronize(exe)
+                ends.append(time.perf_counter())
+    first, *rest = np.diff(ends).tolist() or [0.0]
+    per_batch = sum(rest) / len(rest) if rest else first
+    startup = first - per_batch if first > per_batch else 0.0
+    per_net = per_batch / max(1, forward_passes(nets))
     passes = len(method.training_pass_nets())
-    return per_batch, per_batch / max(1, len(nets)) * passes * train_batches
+    return per_net, startup, (startup + per_net * train_batches) * passes
 
 
 def _synchronize(exe: Execution) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asymco.methods.base import MeanPrediction
 from asymco.methods.collapse import (
     COLLAPSE_SHARE,
     HOLD_AGREEMENT,
@@ -28,7 +29,6 @@ from asymco.methods.collapse import (
     floor_selection,
     hold_warmup,
 )
-from asymco.methods.dividemix import MeanPrediction
 
 if TYPE_CHECKING:
     from asymco.config import RunConfig

@@ -28,7 +28,7 @@ A new method is one file: a `Method` subclass with a `Settings` class, registere
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, Protocol
 
 import torch
@@ -83,6 +83,23 @@ class Views(nn.Module):
     def forward(self, *views: Tensor) -> Tensor | tuple[Tensor, ...]:
         outs = tuple(self.net(v) for v in views)
         return outs[0] if len(outs) == 1 else outs
+
+
+class MeanPrediction(nn.Module):
+    """A reported net made of several: the log of their mean softmax (so its softmax is that
+    mean). Evaluation that also runs the members reuses their logits (`combine`)."""
+
+    def __init__(self, nets: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(nets)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.combine([net(x) for net in self.members])
+
+    @staticmethod
+    def combine(logits: Sequence[Tensor]) -> Tensor:
+        probs = torch.stack([F.softmax(out.float(), dim=1) for out in logits])
+        return probs.mean(0).clamp_min(1e-12).log()
 
 
 class Method(Reporting, nn.Module):

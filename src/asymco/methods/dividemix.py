@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from asymco.config import NoiseConfig, check_seed
 from asymco.errors import UserError
-from asymco.methods.base import Batch, Method, MethodSettings
+from asymco.methods.base import Batch, MeanPrediction, Method, MethodSettings
 
 NETS = ("net1", "net2")
 
@@ -190,18 +190,6 @@ def mixmatch_losses(
     lx = torch.where(labelled, soft_ce, torch.zeros_like(soft_ce)).sum() * scale[0]
     lu = torch.where(labelled, torch.zeros_like(mse), mse).sum() * scale[1]
     return lx, lu
-
-
-class MeanPrediction(nn.Module):
-    """The reported net: log of the nets' mean softmax (so its softmax is that mean)."""
-
-    def __init__(self, nets: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(nets)
-
-    def forward(self, x: Tensor) -> Tensor:
-        probs = torch.stack([F.softmax(net(x).float(), dim=1) for net in self.members])
-        return probs.mean(0).clamp_min(1e-12).log()
 
 
 class DivideMix(Method):
