@@ -106,6 +106,27 @@ def test_measuring_the_steps_moves_no_random_generator():
     assert times.epoch_extra > 0 and times.final_extra > 0
 
 
+def test_the_main_phase_is_timed_as_the_main_phase_with_the_collapse_guard(monkeypatch):
+    """The guard stays in warmup while the nets agree on few labels; timed after a few warmup
+    steps it held the main phase too, and budgets were planned with warmup steps only."""
+    from asymco.methods.act import ACT
+
+    phases = []
+    step = ACT.training_step
+
+    def recorded(self, batch):
+        phases.append(self.warmup)
+        return step(self, batch)
+
+    monkeypatch.setattr(ACT, "training_step", recorded)
+    cfg = api.resolve_config("quickstart", ["train.epochs=4", "train.warmup_epochs=2",
+                                            "train.progress=false", "method.collapse_guard=true"])
+    exe = resolve_execution(cfg.train, resolve_device("cpu"))
+    set_up_process(cfg, Dist())
+    measure_run(cfg, prepare_data(cfg.data, cfg.noise), exe, Dist())
+    assert sorted(phases) == [False] * 3 + [True] * 3  # one untimed and two timed steps each
+
+
 def test_budget_on_the_command_line_plans_and_records_the_epochs(tmp_path):
     """A real command (its own process: the budget counts from asymco's import). 45 s leaves
     room for at least 2 epochs after a slow import on a loaded 2-core machine."""

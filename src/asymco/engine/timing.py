@@ -92,8 +92,12 @@ def measure_steps(
         method, optimizer, pipe = build()
         scaler = exe.make_scaler()
         steps = len(pipe.loader)
-        phases = [(0, True)] if warmup_epochs > 0 else []
-        phases += [(warmup_epochs, False)] if warmup_epochs < epochs else []
+        # The main phase first, on nets that have trained nothing: a method that decides at an
+        # epoch's start, from the finished epoch's figures, whether to run its main phase yet
+        # has no figures then and runs it, as the plan assumes (timed after a few warmup steps
+        # it may choose to stay in warmup, and the main phase would be timed as warmup).
+        phases = [(warmup_epochs, False)] if warmup_epochs < epochs else []
+        phases += [(0, True)] if warmup_epochs > 0 else []
         per_step = {
             warm: _time_phase(method, optimizer, scaler, pipe, exe, epoch, warm)
             for epoch, warm in phases
