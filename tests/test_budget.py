@@ -124,7 +124,8 @@ def test_the_main_phase_is_timed_as_the_main_phase_with_the_collapse_guard(monke
     exe = resolve_execution(cfg.train, resolve_device("cpu"))
     set_up_process(cfg, Dist())
     measure_run(cfg, prepare_data(cfg.data, cfg.noise), exe, Dist())
-    assert sorted(phases) == [False] * 3 + [True] * 3  # one untimed and two timed steps each
+    main = phases.index(True)  # the main phase, then warmup; one untimed step and 2+ timed each
+    assert main >= 3 and not any(phases[:main]) and all(phases[main:]) and len(phases) - main >= 3
 
 
 def test_budget_on_the_command_line_plans_and_records_the_epochs(tmp_path):

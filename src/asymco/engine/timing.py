@@ -37,7 +37,12 @@ from asymco.methods.base import Method
 logger = logging.getLogger(__name__)
 
 TIMED_STEPS = 2
-"""Steps timed per phase, after one untimed step (lazy initialisation, caches, compilation)."""
+"""Steps timed at least per phase, after one untimed step (lazy initialisation, caches,
+compilation)."""
+TIMED_MAX_STEPS = 10
+TIMED_SECONDS = 1.0
+"""More steps are timed, up to `TIMED_MAX_STEPS`, until a phase has taken this long: one short
+step's time varies by half from step to step, so two of them misplanned budgets by a quarter."""
 TIMED_EVAL_BATCHES = 3
 """Test batches timed after the first one, which is timed on its own: its extra cost (a file
 loader's workers starting, lazy initialisation) is paid once per pass, not once per batch."""
@@ -99,7 +104,11 @@ def measure_steps(
         phases = [(warmup_epochs, False)] if warmup_epochs < epochs else []
         phases += [(0, True)] if warmup_epochs > 0 else []
         per_step = {
-            warm: _time_phase(method, optimizer, scaler, pipe, exe, epoch, warm)
+            # Processes step together (each step syncs gradients): under torchrun each times
+            # the same fixed number of steps, since their clocks would stop at different steps.
+            warm: _time_phase(
+                method, optimizer, scaler, pipe, exe, epoch, warm, adaptive=not dist.enabled
+            )
             for epoch, warm in phases
         }
         per_net, startup, pass_seconds = _time_evaluation(method, pipe, exe, eval_batches[1])
@@ -136,21 +145,28 @@ def _time_phase(
     exe: Execution,
     epoch: int,
     warmup: bool,
+    *,
+    adaptive: bool = True,
 ) -> float:
     """Seconds per step of `epoch` (after one untimed step), its data loading included."""
     method.train()
     method.on_epoch_start(epoch, warmup=warmup)
     if method.training_pass_nets():
         training_pass(method, pipe.train_eval, exe)
-    batches = pipe.loader.epoch(epoch, views=method.train_views())
-    taken = list(islice(batches, 1 + TIMED_STEPS))
-    train_step(method, optimizer, scaler, exe, taken[0])
+    batches = iter(pipe.loader.epoch(epoch, views=method.train_views()))
+    first = next(batches, None)
+    if first is None:
+        return 0.0
+    train_step(method, optimizer, scaler, exe, first)
     _synchronize(exe)
-    began = time.perf_counter()
-    for batch in taken[1:]:
+    began, timed = time.perf_counter(), 0
+    for batch in batches:
         train_step(method, optimizer, scaler, exe, batch)
+        timed += 1
+        enough = not adaptive or time.perf_counter() - began >= TIMED_SECONDS
+        if timed >= TIMED_MAX_STEPS or (timed >= TIMED_STEPS and enough):
+            break
     _synchronize(exe)
-    timed = len(taken) - 1
     return (time.perf_counter() - began) / timed if timed else 0.0
 
 
