@@ -106,6 +106,18 @@ def test_measuring_the_steps_moves_no_random_generator():
     assert times.epoch_extra > 0 and times.final_extra > 0
 
 
+def test_a_data_set_of_one_batch_an_epoch_has_its_steps_timed():
+    """Timed within one epoch, its only step was the untimed one: 0 s a step, and a 40 s
+    budget planned hundreds of epochs."""
+    cfg = api.resolve_config("quickstart", ["train.epochs=4", "train.warmup_epochs=2",
+                                            "train.progress=false", "data.subset=150",
+                                            "data.batch_size=150"])
+    exe = resolve_execution(cfg.train, resolve_device("cpu"))
+    set_up_process(cfg, Dist())
+    times = measure_run(cfg, prepare_data(cfg.data, cfg.noise), exe, Dist())
+    assert times.steps == 1 and times.warmup_step > 0 and times.main_step > 0
+
+
 def test_the_main_phase_is_timed_as_the_main_phase_with_the_collapse_guard(monkeypatch):
     """The guard stays in warmup while the nets agree on few labels; timed after a few warmup
     steps it held the main phase too, and budgets were planned with warmup steps only."""

@@ -139,10 +139,10 @@ def test_evaluation_runs_in_fp32_unless_asked(tmp_path, monkeypatch, setting, un
 
         return wrapper
 
-    monkeypatch.setattr(loop, "accuracy", recording(loop.accuracy))
+    monkeypatch.setattr(loop, "accuracies", recording(loop.accuracies))
     monkeypatch.setattr(results, "predict_probs", recording(results.predict_probs))
     _quick(tmp_path, "train.precision=bf16", f"train.eval_precision={setting}")
-    assert len(seen) == 2 * 2 + 1  # two nets tested per epoch, then label scores once
+    assert len(seen) == 2 + 1  # the nets tested together each epoch, then label scores once
     assert set(seen) == {under_autocast}
 
 

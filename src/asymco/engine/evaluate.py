@@ -52,6 +52,11 @@ def forward_passes(nets: Mapping[str, nn.Module]) -> int:
     return sum(len(n.members) if isinstance(n, MeanPrediction) else 1 for n in ran.values())
 
 
+def accuracy(net: nn.Module, batches: EvalBatches) -> float:
+    """Top-1 accuracy in percent of one net in eval mode."""
+    return accuracies({"net": net}, batches)["net"]
+
+
 @torch.inference_mode()
 def accuracies(nets: Mapping[str, nn.Module], batches: EvalBatches) -> dict[str, float]:
     """Top-1 accuracy in percent of each net in eval mode, in one pass over `batches`."""
