@@ -88,7 +88,7 @@ def test_grey_28px_npz_with_40_percent_noise_trains_with_the_defaults(tmp_path, 
     np.savez(tmp_path / "grey.npz", x_train=x, y_train=symmetric_noise(y, 0.4))
     out = tmp_path / "cli"
     with caplog.at_level("INFO"):
-        assert main(["train", "--data", f"npz:{tmp_path / 'grey.npz'}", "--budget", "40s",
+        assert main(["train", "--data", f"npz:{tmp_path / 'grey.npz'}", "--budget", "20s",
                      "--out", str(out), *QUICK]) == 0
     assert "28x28 grey images padded with zeros to 32x32" in caplog.text
     assert "model cnn7 at 32 px" in caplog.text and "plan:" in caplog.text
@@ -96,7 +96,7 @@ def test_grey_28px_npz_with_40_percent_noise_trains_with_the_defaults(tmp_path, 
     assert len(rows) == 128  # 80 % of 160; the rest is the held-out test split
 
     result = asymco.fit(images=x, labels=symmetric_noise(y, 0.4),
-                        settings={"train.budget": "40s", "train.progress": False},
+                        settings={"train.budget": "20s", "train.progress": False},
                         out_dir=tmp_path / "api")
     assert (tmp_path / "api" / "label_issues.csv").is_file()
     assert len(result.ranked()) == 128 and result.model is not None
