@@ -22,6 +22,7 @@ from itertools import islice
 
 import numpy as np
 import torch
+from torch import nn
 
 from asymco.config import RunConfig
 from asymco.data.pipeline import Pipeline
@@ -111,8 +112,8 @@ def measure_steps(
             )
             for epoch, warm in phases
         }
-        per_net, startup, pass_seconds = _time_evaluation(method, pipe, exe, eval_batches[1])
         nets = method.eval_nets()
+        per_net, startup, pass_seconds = _time_evaluation(method, nets, pipe, exe, eval_batches[1])
         evaluated, reported = forward_passes(nets), forward_passes(
             {method.reported_net: nets[method.reported_net]}
         )
@@ -185,11 +186,15 @@ def _steps_from(pipe: Pipeline, method: Method, epoch: int) -> Iterator:
 
 
 def _time_evaluation(
-    method: Method, pipe: Pipeline, exe: Execution, train_batches: int
+    method: Method,
+    nets: dict[str, nn.Module],
+    pipe: Pipeline,
+    exe: Execution,
+    train_batches: int,
 ) -> tuple[float, float, float]:
-    """(seconds per test batch and net run, the extra seconds of a pass's first batch, seconds
-    of the method's pass over the training set per epoch, 0 without one)."""
-    nets = method.eval_nets()
+    """(seconds per test batch and net run of `nets` (the method's `eval_nets`), the extra
+    seconds of a pass's first batch, seconds of the method's pass over the training set per
+    epoch, 0 without one)."""
     with exe.evaluation():
         for net in nets.values():
             net.eval()
